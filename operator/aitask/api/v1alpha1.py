@@ -1,0 +1,519 @@
+"""The AITask and ExecutorClass APIs (group ``aitask.dev``, version ``v1alpha1``).
+
+These pydantic models are the one source of truth: ``aitask crds`` turns them into
+the CRDs' structural schemas (see ``api.crdgen``), the operator parses objects with
+them, and ``aitask plan``/``aitask simulate`` read the same YAML through them.
+Field names follow Kubernetes conventions (camelCase on the wire, snake_case here).
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic.alias_generators import to_camel
+
+GROUP = "aitask.dev"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+
+DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+QUANTITY = r"^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$"
+MAX_SUBTASKS = 64
+MAX_SUBTASK_NAME = 40
+
+
+def _check_quantity(value: str | None) -> str | None:
+    if value is not None and not re.match(QUANTITY, value):
+        raise ValueError(f"{value!r} is not a Kubernetes quantity (e.g. '500m', '4', '16Gi')")
+    return value
+
+
+Quantity = Annotated[str, AfterValidator(_check_quantity)]
+
+
+class Model(BaseModel):
+    """Base of every API model: camelCase on the wire, immutable, strict about unknown fields."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        frozen=True,
+        extra="forbid",
+    )
+
+    def wire(self) -> dict[str, Any]:
+        """The object as it is written to the API server (camelCase, no unset optionals)."""
+        return self.model_dump(by_alias=True, exclude_none=True, mode="json")
+
+
+class StatusModel(Model):
+    """Status parts tolerate fields written by newer operator versions."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, frozen=True, extra="ignore"
+    )
+
+
+# --------------------------------------------------------------------------- shared parts
+
+
+class Toleration(Model):
+    """A pod toleration, copied as-is into the child Jobs' pod templates."""
+
+    key: str | None = None
+    operator: Literal["Exists", "Equal"] | None = None
+    value: str | None = None
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+    toleration_seconds: int | None = None
+
+
+class Condition(StatusModel):
+    """A Kubernetes-style condition; ``lastTransitionTime`` moves only when ``status`` flips."""
+
+    type: str
+    status: Literal["True", "False", "Unknown"]
+    reason: str = Field(pattern=r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$", max_length=1024)
+    message: str = Field("", max_length=32768)
+    last_transition_time: datetime
+    observed_generation: int | None = None
+
+
+# --------------------------------------------------------------------------- ExecutorClass
+
+
+class Accelerator(Model):
+    """The accelerator every node of the class carries; omitted for a CPU pool."""
+
+    resource_name: str = Field(
+        "nvidia.com/gpu", description="Extended resource requested per pod, e.g. nvidia.com/gpu."
+    )
+    model: str = Field(description="Product name, as in the node label nvidia.com/gpu.product.")
+    memory_gi_b: float = Field(
+        gt=0, alias="memoryGiB", description="Memory of one accelerator in GiB (OOM escalation uses it)."
+    )
+
+
+class Price(Model):
+    """What an hour of each resource costs, in the platform's currency."""
+
+    accelerator_hour: float = Field(0.0, ge=0, description="Price of one accelerator for one hour.")
+    cpu_hour: float = Field(0.0, ge=0, description="Price of one CPU core for one hour.")
+    memory_gi_b_hour: float = Field(
+        0.0, ge=0, alias="memoryGiBHour", description="Price of one GiB of memory for one hour."
+    )
+
+
+class Speed(Model):
+    """Prior relative throughput (higher is faster), used before any runtime is observed."""
+
+    default: float = Field(1.0, gt=0, description="Relative speed for profiles not listed.")
+    profiles: dict[str, float] = Field(
+        default_factory=dict, description="Relative speed per workload profile (each > 0)."
+    )
+
+    @field_validator("profiles")
+    @classmethod
+    def _positive(cls, value: dict[str, float]) -> dict[str, float]:
+        bad = [k for k, v in value.items() if v <= 0]
+        if bad:
+            raise ValueError(f"speeds must be > 0 (profiles {', '.join(sorted(bad))})")
+        return value
+
+
+class ExecutorClassSpec(Model):
+    """A pool of interchangeable nodes: one GPU model, or a CPU pool."""
+
+    node_selector: dict[str, str] = Field(
+        default_factory=dict, description="Labels a node must carry to belong to this class."
+    )
+    tolerations: list[Toleration] = Field(
+        default_factory=list, description="Tolerations added to pods placed on this class."
+    )
+    accelerator: Accelerator | None = Field(None, description="Omit for a CPU-only pool.")
+    price: Price = Field(default_factory=Price, description="Prices used by the cost term C.")
+    speed: Speed = Field(default_factory=Speed, description="Prior speed used by the runtime term T.")
+
+    @property
+    def kind(self) -> Literal["gpu", "cpu"]:
+        return "gpu" if self.accelerator is not None else "cpu"
+
+
+class Learned(StatusModel):
+    """Runtime learned from completed attempts of one profile on this class."""
+
+    seconds_per_unit: float = Field(ge=0)
+    samples: int = Field(ge=0)
+    relative_error: float | None = Field(
+        None, description="EWMA of |estimate - actual| / actual over the samples."
+    )
+    gpu_util_avg: float | None = Field(None, description="EWMA of average GPU utilisation, percent.")
+    oom_kills: int = 0
+    updated_at: datetime | None = None
+
+
+class ResourceTotals(StatusModel):
+    nodes: int = 0
+    accelerators: float = 0
+    cpu: float = 0
+    memory_gi_b: float = Field(0, alias="memoryGiB")
+
+
+class ExecutorClassStatus(StatusModel):
+    capacity: ResourceTotals = Field(default_factory=ResourceTotals)
+    allocated: ResourceTotals = Field(default_factory=ResourceTotals)
+    learned: dict[str, Learned] = Field(default_factory=dict, description="Per workload profile.")
+    conditions: list[Condition] = Field(default_factory=list)
+    observed_generation: int | None = None
+
+
+class ObjectMeta(StatusModel):
+    """The part of metadata the operator reads."""
+
+    name: str
+    namespace: str | None = None
+    uid: str | None = None
+    generation: int | None = None
+    resource_version: str | None = None
+    labels: dict[str, str] = Field(default_factory=dict)
+    annotations: dict[str, str] = Field(default_factory=dict)
+    creation_timestamp: datetime | None = None
+    deletion_timestamp: datetime | None = None
+
+
+class ExecutorClass(StatusModel):
+    api_version: Literal["aitask.dev/v1alpha1"] = API_VERSION
+    kind: Literal["ExecutorClass"] = "ExecutorClass"
+    metadata: ObjectMeta
+    spec: ExecutorClassSpec
+    status: ExecutorClassStatus = Field(default_factory=ExecutorClassStatus)
+
+
+# --------------------------------------------------------------------------- AITask spec
+
+
+class SubtaskType(StrEnum):
+    """Classification of a sub-task; it sets the defaults for executor kind and retries."""
+
+    PREPROCESS = "preprocess"
+    INFERENCE = "inference"
+    TRAINING = "training"
+    EVALUATION = "evaluation"
+    POSTPROCESS = "postprocess"
+    FUSION = "fusion"
+    CUSTOM = "custom"
+
+
+GPU_BY_DEFAULT = frozenset({SubtaskType.INFERENCE, SubtaskType.TRAINING, SubtaskType.EVALUATION})
+
+
+class Objective(Model):
+    """Weights of F = timeWeight * (wait + runtime in s) + costWeight * cost; unset uses operator defaults."""
+
+    time_weight: float | None = Field(None, ge=0, description="alpha, per second of wait + runtime.")
+    cost_weight: float | None = Field(None, ge=0, description="beta, per currency unit of cost.")
+
+
+class EnvVar(Model):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, frozen=True, extra="allow")
+
+    name: str = Field(min_length=1)
+    value: str | None = None
+    value_from: dict[str, Any] | None = Field(
+        None, json_schema_extra={"x-kubernetes-preserve-unknown-fields": True}
+    )
+
+
+class VolumeMount(Model):
+    name: str
+    mount_path: str
+    read_only: bool | None = None
+    sub_path: str | None = None
+
+
+class PodMetadata(Model):
+    """Labels and annotations added to the child Jobs' pods."""
+
+    labels: dict[str, str] = Field(default_factory=dict)
+    annotations: dict[str, str] = Field(default_factory=dict)
+
+
+class LocalObjectReference(Model):
+    name: str
+
+
+class PodTemplatePart(Model):
+    """Pod settings shared by every sub-task of the task."""
+
+    service_account_name: str | None = None
+    image_pull_secrets: list[LocalObjectReference] = Field(default_factory=list)
+    env: list[EnvVar] = Field(default_factory=list, description="Added to every container.")
+    metadata: PodMetadata = Field(default_factory=PodMetadata)
+    priority_class_name: str | None = None
+
+
+class Executor(Model):
+    """Constraints on where a sub-task may run; what is unset is chosen by the cost model."""
+
+    kinds: list[Literal["gpu", "cpu"]] | None = Field(
+        None, description="Allowed executor kinds; default from the sub-task type (and accelerators)."
+    )
+    classes: list[str] | None = Field(None, description="Allowed ExecutorClass names; default: any.")
+    accelerators: int | None = Field(
+        None, ge=0, le=64, description="Accelerators per pod on GPU classes; default 1 on GPU classes."
+    )
+    cpu: Quantity | None = Field(None, description="CPU request per pod; default by type (e.g. '1').")
+    memory: Quantity | None = Field(None, description="Memory request per pod; default by type.")
+    min_accelerator_memory_gi_b: float | None = Field(
+        None, gt=0, alias="minAcceleratorMemoryGiB", description="Only classes with at least this much."
+    )
+
+
+class Estimate(Model):
+    """Runtime hints used before the operator has learned this profile."""
+
+    seconds: float | None = Field(None, gt=0, description="Runtime on the class `onClass`.")
+    on_class: str | None = Field(None, description="Reference class of `seconds`; default: speed 1.0.")
+    seconds_by_class: dict[str, float] = Field(
+        default_factory=dict, description="Runtime per class name (oracle for `aitask simulate`)."
+    )
+
+    @field_validator("seconds_by_class")
+    @classmethod
+    def _positive(cls, value: dict[str, float]) -> dict[str, float]:
+        bad = [k for k, v in value.items() if v <= 0]
+        if bad:
+            raise ValueError(f"runtimes must be > 0 (classes {', '.join(sorted(bad))})")
+        return value
+
+
+class Work(Model):
+    units: float = Field(1.0, gt=0, description="Size of the work; learned runtimes are per unit.")
+
+
+class RetryPolicy(Model):
+    limit: int = Field(2, ge=0, le=20, description="Retries after the first attempt.")
+    backoff_seconds: float = Field(10.0, ge=0, le=3600, description="Delay before retry n is 2^(n-1) * this.")
+    oom_escalation: bool = Field(
+        True, description="Retry an OOM-killed attempt on a class with more accelerator memory."
+    )
+
+
+class Subtask(Model):
+    """One step of the pipeline: one child Job per attempt."""
+
+    name: str = Field(
+        pattern=DNS_LABEL, max_length=MAX_SUBTASK_NAME, description="Unique within the task (DNS label)."
+    )
+    type: SubtaskType = Field(SubtaskType.CUSTOM, description="Classification; sets defaults.")
+    profile: str | None = Field(
+        None,
+        max_length=253,
+        description="Workload profile key for learned runtimes; default: the image without its tag.",
+    )
+    image: str = Field(min_length=1)
+    command: list[str] = Field(default_factory=list)
+    args: list[str] = Field(default_factory=list)
+    env: list[EnvVar] = Field(default_factory=list)
+    volume_mounts: list[VolumeMount] = Field(default_factory=list)
+    volumes: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="Pod volumes (core/v1 Volume objects).",
+        json_schema_extra={"items": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}},
+    )
+    depends_on: list[str] = Field(default_factory=list, description="Sub-tasks that must succeed first.")
+    parallelism: int = Field(1, ge=1, le=1024, description="Pods running at once (shards).")
+    completions: int | None = Field(
+        None, ge=1, le=100000, description="Indexed completions; default: parallelism."
+    )
+    gang: bool = Field(False, description="Admit all `parallelism` pods together or none (distributed).")
+    executor: Executor = Field(default_factory=Executor)
+    work: Work = Field(default_factory=Work)
+    estimate: Estimate = Field(default_factory=Estimate)
+    retry: RetryPolicy = Field(default_factory=RetryPolicy)
+    timeout_seconds: int | None = Field(None, ge=1, description="activeDeadlineSeconds of each attempt.")
+    pod_metadata: PodMetadata = Field(default_factory=PodMetadata)
+
+    @property
+    def effective_completions(self) -> int:
+        return self.completions if self.completions is not None else self.parallelism
+
+    @property
+    def effective_profile(self) -> str:
+        if self.profile:
+            return self.profile
+        image = self.image.split("@", 1)[0]
+        slash = image.rfind("/")
+        colon = image.rfind(":")
+        return image[:colon] if colon > slash else image
+
+    @property
+    def kinds(self) -> frozenset[str]:
+        if self.executor.kinds:
+            return frozenset(self.executor.kinds)
+        if self.executor.accelerators:
+            return frozenset({"gpu"})
+        return frozenset({"gpu"}) if self.type in GPU_BY_DEFAULT else frozenset({"cpu"})
+
+
+class Deadline(Model):
+    seconds: int = Field(ge=1, description="The task fails if not finished this long after creation.")
+
+
+class AITaskSpec(Model):
+    priority: float = Field(1.0, gt=0, le=1000, description="Weight in weighted completion time.")
+    objective: Objective = Field(default_factory=Objective)
+    deadline: Deadline | None = None
+    template: PodTemplatePart = Field(default_factory=PodTemplatePart)
+    subtasks: list[Subtask] = Field(min_length=1, max_length=MAX_SUBTASKS)
+
+    @model_validator(mode="after")
+    def _references(self) -> AITaskSpec:
+        names = [s.name for s in self.subtasks]
+        seen: set[str] = set()
+        for i, name in enumerate(names):
+            if name in seen:
+                raise ValueError(f"subtasks[{i}].name: duplicate sub-task name {name!r}")
+            seen.add(name)
+        for i, sub in enumerate(self.subtasks):
+            for dep in sub.depends_on:
+                if dep == sub.name:
+                    raise ValueError(f"subtasks[{i}].dependsOn: {sub.name!r} depends on itself")
+                if dep not in seen:
+                    raise ValueError(f"subtasks[{i}].dependsOn: unknown sub-task {dep!r}")
+        return self
+
+    def subtask(self, name: str) -> Subtask:
+        for sub in self.subtasks:
+            if sub.name == name:
+                return sub
+        raise KeyError(name)
+
+
+# --------------------------------------------------------------------------- AITask status
+
+
+class TaskPhase(StrEnum):
+    PENDING = "Pending"
+    RUNNING = "Running"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+    INVALID = "Invalid"
+
+
+class SubtaskPhase(StrEnum):
+    WAITING = "Waiting"  # dependencies not finished
+    QUEUED = "Queued"  # ready, waiting for capacity
+    BACKOFF = "Backoff"  # failed attempt, retry delayed
+    RUNNING = "Running"  # a Job exists for the current attempt
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+    SKIPPED = "Skipped"  # a dependency failed
+
+
+class Alternative(StatusModel):
+    class_name: str = Field(alias="class")
+    feasible: bool
+    reason: str = ""
+    estimated_seconds: float | None = None
+    wait_seconds: float | None = None
+    estimated_cost: float | None = None
+    score: float | None = None
+
+
+class Plan(StatusModel):
+    """Where the cost model put (or would put) the current attempt, and why."""
+
+    class_name: str = Field(alias="class")
+    accelerators: int = 0
+    cpu: str = ""
+    memory: str = ""
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    nodes: list[str] = Field(default_factory=list, description="Nodes the pods were packed onto.")
+    estimated_seconds: float = 0
+    estimated_cost: float = 0
+    score: float = 0
+    estimate_source: str = ""
+    alternatives: list[Alternative] = Field(default_factory=list)
+    message: str = ""
+
+
+class Attempt(StatusModel):
+    number: int
+    job: str
+    class_name: str = Field(alias="class")
+    result: Literal["Running", "Succeeded", "Failed", "OOMKilled", "NodeLost", "DeadlineExceeded"] = "Running"
+    exit_code: int | None = None
+    reason: str = ""
+    start_time: datetime | None = None
+    finish_time: datetime | None = None
+    actual_seconds: float | None = None
+    learned: bool = False
+
+
+class SubtaskMetrics(StatusModel):
+    gpu_util_avg: float | None = None
+    gpu_util_max: float | None = None
+    gpu_memory_used_max_bytes: float | None = None
+    sampled_at: datetime | None = None
+
+
+class SubtaskStatus(StatusModel):
+    name: str
+    phase: SubtaskPhase = SubtaskPhase.WAITING
+    attempts: int = 0
+    job: str | None = None
+    nodes: list[str] = Field(default_factory=list)
+    ready_since: datetime | None = None
+    retry_after: datetime | None = None
+    start_time: datetime | None = None
+    finish_time: datetime | None = None
+    actual_seconds: float | None = None
+    actual_cost: float | None = None
+    message: str = ""
+    plan: Plan | None = None
+    history: list[Attempt] = Field(default_factory=list)
+    metrics: SubtaskMetrics | None = None
+
+
+class TaskMetrics(StatusModel):
+    gpu_util_avg: float | None = None
+    gpu_util_max: float | None = None
+    gpu_memory_used_max_bytes: float | None = None
+
+
+class AITaskStatus(StatusModel):
+    phase: TaskPhase = TaskPhase.PENDING
+    progress: str = ""
+    succeeded: int = 0
+    total: int = 0
+    estimated_cost: float | None = None
+    actual_cost: float | None = None
+    estimated_seconds: float | None = None
+    start_time: datetime | None = None
+    completion_time: datetime | None = None
+    conditions: list[Condition] = Field(default_factory=list)
+    subtasks: list[SubtaskStatus] = Field(default_factory=list)
+    metrics: TaskMetrics | None = None
+    observed_generation: int | None = None
+
+    def subtask(self, name: str) -> SubtaskStatus | None:
+        for sub in self.subtasks:
+            if sub.name == name:
+                return sub
+        return None
+
+
+class AITask(StatusModel):
+    api_version: Literal["aitask.dev/v1alpha1"] = API_VERSION
+    kind: Literal["AITask"] = "AITask"
+    metadata: ObjectMeta
+    spec: AITaskSpec
+    status: AITaskStatus = Field(default_factory=AITaskStatus)
+
+    @property
+    def key(self) -> str:
+        return f"{self.metadata.namespace or 'default'}/{self.metadata.name}"

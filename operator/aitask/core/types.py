@@ -1,0 +1,185 @@
+"""Plain value types the pure core works on: the scheduler's snapshot and its decisions.
+
+The operator (from its Kopf indexes), ``aitask simulate`` (from a cluster file and a
+trace) and ``aitask plan`` all build the same ``Snapshot`` and call the same
+``core.scheduler.schedule``; nothing in here knows about Kubernetes clients or clocks.
+
+Units everywhere: seconds, CPU cores, bytes of memory, accelerators as counts,
+money in the currency of ``ExecutorClass.spec.price``. ``now`` is epoch seconds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+ACCELERATOR_DEFAULT = "nvidia.com/gpu"
+
+
+class Policy(StrEnum):
+    """Scheduling policies: ours, and the two baselines of the benchmarks."""
+
+    COST = "cost"  # weighted-shortest-first with ageing, class by minimum F
+    FIFO = "fifo"  # arrival order, earliest-finishing class (heterogeneity-aware)
+    AGNOSTIC = "agnostic"  # arrival order, any free executor of an allowed kind, all GPUs equal
+
+
+@dataclass(frozen=True)
+class SubtaskKey:
+    """Identifies one sub-task of one AITask across the cluster."""
+
+    namespace: str
+    task: str
+    subtask: str
+
+    def __str__(self) -> str:
+        return f"{self.namespace}/{self.task}/{self.subtask}"
+
+
+@dataclass(frozen=True)
+class ClassInfo:
+    """An ExecutorClass, flattened for the cost model."""
+
+    name: str
+    kind: str  # "gpu" | "cpu"
+    node_selector: Mapping[str, str] = field(default_factory=dict)
+    accelerator_resource: str | None = None  # e.g. "nvidia.com/gpu"; None for CPU pools
+    accelerator_model: str | None = None
+    accelerator_memory_gib: float = 0.0
+    price_accelerator_hour: float = 0.0
+    price_cpu_hour: float = 0.0
+    price_memory_gib_hour: float = 0.0
+    speed_default: float = 1.0
+    speed_profiles: Mapping[str, float] = field(default_factory=dict)
+
+    def speed(self, profile: str) -> float:
+        return self.speed_profiles.get(profile, self.speed_default)
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    """A node with what is still free on it after every bound pod and every reservation."""
+
+    name: str
+    classes: tuple[str, ...]  # the classes whose selector it matches (and whose tolerations cover its taints)
+    allocatable: Mapping[str, float]  # resource name -> amount (cpu cores, memory bytes, accelerators)
+    free: Mapping[str, float]  # same keys; never above allocatable
+    schedulable: bool = True  # Ready and not cordoned
+
+
+@dataclass(frozen=True)
+class Learned:
+    """Runtime learned for one (profile, class): seconds per work unit, from `samples` runs."""
+
+    seconds_per_unit: float
+    samples: int
+    relative_error: float | None = None
+    gpu_util_avg: float | None = None
+    oom_kills: int = 0
+
+
+@dataclass(frozen=True)
+class Demand:
+    """One ready sub-task attempt asking to be admitted."""
+
+    key: SubtaskKey
+    attempt: int
+    priority: float  # weight in weighted completion time (> 0)
+    time_weight: float  # alpha
+    cost_weight: float  # beta
+    profile: str
+    work_units: float
+    pods: int  # pods running at once (parallelism)
+    completions: int
+    gang: bool
+    accelerators: int  # per pod, on GPU classes
+    cpu: float  # cores per pod
+    memory: float  # bytes per pod
+    kinds: frozenset[str]  # allowed kinds
+    classes: frozenset[str] | None  # allowed class names; None = any
+    min_accelerator_memory_gib: float  # raised by OOM escalation
+    excluded_classes: frozenset[str]  # e.g. classes an earlier attempt was OOM-killed on
+    estimate_seconds: float | None  # hint: runtime on `estimate_on_class` (or at speed 1.0)
+    estimate_on_class: str | None
+    estimate_by_class: Mapping[str, float]  # hint (and oracle in simulation)
+    ready_since: float  # epoch seconds when it became ready (ageing)
+    arrival: float  # epoch seconds when its task was submitted (FIFO order)
+
+
+@dataclass(frozen=True)
+class Running:
+    """Admitted work still occupying a class: it feeds the expected wait W."""
+
+    key: SubtaskKey
+    class_name: str
+    remaining_seconds: float  # estimated; >= 0
+    accelerators: int  # total over its pods (0 on CPU classes)
+    cpu: float  # total cores over its pods
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Everything one scheduling cycle may look at. Built fresh for every cycle."""
+
+    now: float
+    classes: Mapping[str, ClassInfo]
+    nodes: tuple[NodeInfo, ...]
+    demands: tuple[Demand, ...]
+    running: tuple[Running, ...] = ()
+    learned: Mapping[tuple[str, str], Learned] = field(default_factory=dict)  # (profile, class)
+
+
+@dataclass(frozen=True)
+class SchedulerParams:
+    policy: Policy = Policy.COST
+    ageing_seconds: float = 600.0  # waiting this long doubles a demand's ordering weight
+    max_alternatives: int = 5
+
+
+@dataclass(frozen=True)
+class Option:
+    """One class considered for a demand, with the terms of F (or why it was infeasible)."""
+
+    class_name: str
+    feasible: bool
+    reason: str = ""  # why infeasible, human readable
+    runtime_seconds: float | None = None  # T
+    wait_seconds: float | None = None  # W
+    cost: float | None = None  # C
+    score: float | None = None  # F
+    estimate_source: str = ""  # "learned(n=3)", "hint:secondsByClass", "hint:seconds@v100*speed", "prior"
+
+
+@dataclass(frozen=True)
+class Admission:
+    """A demand admitted this cycle onto `class_name`, its pods packed onto `nodes`."""
+
+    key: SubtaskKey
+    attempt: int
+    class_name: str
+    nodes: tuple[str, ...]  # one entry per pod (len == pods), in pod-index order
+    accelerators: int  # per pod
+    cpu: float  # per pod
+    memory: float  # per pod
+    chosen: Option
+    alternatives: tuple[Option, ...]  # the other classes, best first, infeasible last
+    message: str  # human sentence for status/events
+
+
+@dataclass(frozen=True)
+class Deferral:
+    """A demand not admitted this cycle, and why (best feasible class so far, if any)."""
+
+    key: SubtaskKey
+    attempt: int
+    reason: str  # "NoFeasibleClass" | "InsufficientCapacity" | "GangIncomplete"
+    message: str
+    best: Option | None
+    alternatives: tuple[Option, ...]
+
+
+@dataclass(frozen=True)
+class CycleResult:
+    admitted: tuple[Admission, ...]
+    deferred: tuple[Deferral, ...]

@@ -1,0 +1,53 @@
+"""Operator settings, read once from the environment (prefix ``AITASK_``).
+
+Every knob a platform team may want to turn lives here, with the default the
+chart ships. Core code never reads these: handlers pass the values in.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class OperatorSettings(BaseSettings):
+    """Settings of `aitask run`; each field maps to env var ``AITASK_<FIELD>``."""
+
+    model_config = SettingsConfigDict(env_prefix="AITASK_", frozen=True, extra="ignore")
+
+    namespaces: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Namespaces to watch; empty means all namespaces (comma-separated in the env var).",
+    )
+    peering_name: str = Field("aitask-operator", description="Kopf peering object; one active replica per name.")
+    standalone: bool = Field(False, description="Run without peering (single replica, tests).")
+    default_time_weight: float = Field(1.0, ge=0, description="alpha: default weight of time in F.")
+    default_cost_weight: float = Field(0.0, ge=0, description="beta: default weight of cost (per currency unit) in F.")
+    scheduling_period_seconds: float = Field(5.0, gt=0, description="Period of the scheduling cycle.")
+    ageing_seconds: float = Field(600.0, gt=0, description="Waiting this long doubles a sub-task's ordering weight.")
+    learning_rate: float = Field(0.3, gt=0, le=1, description="EWMA weight of a new observed runtime.")
+    job_ttl_seconds: int = Field(3600, ge=0, description="ttlSecondsAfterFinished on finished child Jobs.")
+    retry_backoff_seconds: float = Field(10.0, ge=0, description="Base delay before a failed attempt is retried.")
+    retry_backoff_max_seconds: float = Field(300.0, ge=0, description="Upper bound of the retry delay.")
+    metrics_port: int = Field(8080, ge=0, le=65535, description="Port of /metrics and /healthz (0 disables).")
+    metrics_host: str = Field("0.0.0.0", description="Bind address of the metrics server.")  # noqa: S104
+    prometheus_url: str = Field("", description="Prometheus base URL for GPU feedback; empty disables it.")
+    prometheus_timeout_seconds: float = Field(3.0, gt=0, description="Timeout of one Prometheus query.")
+    prometheus_period_seconds: float = Field(30.0, gt=0, description="How often running sub-tasks are sampled.")
+    gpu_util_low_percent: float = Field(
+        30.0, ge=0, le=100, description="Average GPU utilisation under which a class is deemed oversized."
+    )
+
+    @field_validator("namespaces", mode="before")
+    @classmethod
+    def _split_namespaces(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+
+def load_settings() -> OperatorSettings:
+    """Read the settings from the process environment."""
+    return OperatorSettings()
