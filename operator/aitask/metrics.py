@@ -345,7 +345,9 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self._reply(HTTPStatus.SERVICE_UNAVAILABLE, b"unhealthy\n")
 
-    def _reply(self, status: HTTPStatus, body: bytes, content_type: str = "text/plain; charset=utf-8") -> None:
+    def _reply(
+        self, status: HTTPStatus, body: bytes, content_type: str = "text/plain; charset=utf-8"
+    ) -> None:
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
@@ -385,7 +387,7 @@ def serve_metrics(
     ready: Callable[[], bool] | None = None,
     registry: CollectorRegistry = REGISTRY,
 ) -> MetricsServer:
-    """Serve ``/metrics``, ``/healthz`` (liveness: ``health``) and ``/readyz`` (``ready``, default ``health``).
+    """Serve ``/metrics``, ``/healthz`` (liveness, ``health``) and ``/readyz`` (``ready`` or ``health``).
 
     Runs in a daemon thread. The returned object is callable: calling it stops the
     server (``stop = serve_metrics(...); ...; stop()``); ``.port`` is the bound port.
