@@ -8,31 +8,24 @@ Field names follow Kubernetes conventions (camelCase on the wire, snake_case her
 
 from __future__ import annotations
 
-import re
 from datetime import datetime
 from enum import StrEnum
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Final, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
 GROUP = "aitask.dev"
 VERSION = "v1alpha1"
-API_VERSION = f"{GROUP}/{VERSION}"
+API_VERSION: Final = "aitask.dev/v1alpha1"
 
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
-QUANTITY = r"^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$"
+QUANTITY = r"^[+]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+|Ki|Mi|Gi|Ti|Pi|Ei|[numkMGTPE])?$"
 MAX_SUBTASKS = 64
 MAX_SUBTASK_NAME = 40
 
 
-def _check_quantity(value: str | None) -> str | None:
-    if value is not None and not re.match(QUANTITY, value):
-        raise ValueError(f"{value!r} is not a Kubernetes quantity (e.g. '500m', '4', '16Gi')")
-    return value
-
-
-Quantity = Annotated[str, AfterValidator(_check_quantity)]
+Quantity = Annotated[str, Field(pattern=QUANTITY, max_length=64)]
 
 
 class Model(BaseModel):
@@ -218,8 +211,6 @@ class Objective(Model):
 
 
 class EnvVar(Model):
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, frozen=True, extra="allow")
-
     name: str = Field(min_length=1)
     value: str | None = None
     value_from: dict[str, Any] | None = Field(
@@ -451,6 +442,8 @@ class Attempt(StatusModel):
     start_time: datetime | None = None
     finish_time: datetime | None = None
     actual_seconds: float | None = None
+    actual_cost: float | None = None
+    spec_hash: str = ""
     learned: bool = False
 
 

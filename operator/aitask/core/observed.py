@@ -1,0 +1,160 @@
+"""What the cluster says about our child Jobs and their pods, reduced to plain values.
+
+Kopf indexes hold these views (not whole objects), so memory stays small and the
+reconcile logic reads typed values instead of digging through dicts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+LABEL_TASK = "aitask.dev/task"
+LABEL_SUBTASK = "aitask.dev/subtask"
+LABEL_ATTEMPT = "aitask.dev/attempt"
+LABEL_CLASS = "aitask.dev/class"
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+MANAGER = "aitask-operator"
+ANNOTATION_SPEC_HASH = "aitask.dev/spec-hash"
+
+# Pod/Job reasons that tell a lost node apart from a failing program.
+_NODE_LOST_REASONS = frozenset({"DeletionByPodGC", "NodeLost", "TerminationByKubelet", "DeletionByTaintManager"})
+
+
+def parse_time(value: Any) -> datetime | None:
+    if not value:
+        return None
+    if isinstance(value, datetime):
+        return value
+    return datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+
+
+@dataclass(frozen=True)
+class JobView:
+    namespace: str
+    name: str
+    task: str
+    subtask: str
+    attempt: int
+    class_name: str
+    active: int
+    succeeded: int
+    failed: int
+    complete: bool
+    failed_final: bool  # the Job has a Failed condition
+    failure_reason: str  # the Failed condition's reason (BackoffLimitExceeded, DeadlineExceeded, ...)
+    failure_message: str
+    start_time: datetime | None
+    completion_time: datetime | None
+    finished_at: datetime | None  # completion, or the Failed condition's transition
+    deleting: bool
+    spec_hash: str
+
+
+@dataclass(frozen=True)
+class PodView:
+    namespace: str
+    name: str
+    job: str
+    node: str | None
+    phase: str
+    terminated_reason: str  # of the first terminated container, e.g. OOMKilled, Error
+    exit_code: int | None
+    disruption_reason: str  # reason of a DisruptionTarget condition, e.g. DeletionByPodGC
+    deleting: bool
+    requests: Mapping[str, str]  # summed container requests, as quantities
+
+    @property
+    def terminal(self) -> bool:
+        return self.phase in ("Succeeded", "Failed")
+
+    @property
+    def node_lost(self) -> bool:
+        return self.disruption_reason in _NODE_LOST_REASONS or self.terminated_reason in _NODE_LOST_REASONS
+
+
+def job_view(body: Mapping[str, Any]) -> JobView | None:
+    """Reduce a Job we own to a JobView; None for Jobs without our labels."""
+    meta = body.get("metadata", {})
+    labels = meta.get("labels") or {}
+    if LABEL_TASK not in labels or LABEL_SUBTASK not in labels:
+        return None
+    try:
+        attempt = int(labels.get(LABEL_ATTEMPT, "0"))
+    except ValueError:
+        return None
+    status = body.get("status") or {}
+    conditions = status.get("conditions") or []
+    complete = any(c.get("type") == "Complete" and c.get("status") == "True" for c in conditions)
+    failed_cond = next((c for c in conditions if c.get("type") == "Failed" and c.get("status") == "True"), None)
+    finished = parse_time(status.get("completionTime"))
+    if failed_cond is not None:
+        finished = parse_time(failed_cond.get("lastTransitionTime")) or finished
+    return JobView(
+        namespace=meta.get("namespace", ""),
+        name=meta.get("name", ""),
+        task=labels[LABEL_TASK],
+        subtask=labels[LABEL_SUBTASK],
+        attempt=attempt,
+        class_name=labels.get(LABEL_CLASS, ""),
+        active=int(status.get("active") or 0),
+        succeeded=int(status.get("succeeded") or 0),
+        failed=int(status.get("failed") or 0),
+        complete=complete,
+        failed_final=failed_cond is not None,
+        failure_reason=(failed_cond or {}).get("reason", "") or "",
+        failure_message=(failed_cond or {}).get("message", "") or "",
+        start_time=parse_time(status.get("startTime")),
+        completion_time=parse_time(status.get("completionTime")),
+        finished_at=finished,
+        deleting=bool(meta.get("deletionTimestamp")),
+        spec_hash=(meta.get("annotations") or {}).get(ANNOTATION_SPEC_HASH, ""),
+    )
+
+
+def _sum_requests(spec: Mapping[str, Any]) -> dict[str, str]:
+    # Quantities stay strings here; the snapshot builder parses them once per cycle.
+    out: dict[str, list[str]] = {}
+    for container in spec.get("containers") or []:
+        resources = container.get("resources") or {}
+        requests = dict(resources.get("limits") or {})
+        requests.update(resources.get("requests") or {})
+        for name, qty in requests.items():
+            out.setdefault(name, []).append(str(qty))
+    return {name: "+".join(values) for name, values in out.items()}
+
+
+def pod_view(body: Mapping[str, Any]) -> PodView:
+    """Reduce any pod to what capacity accounting and failure diagnosis need."""
+    meta = body.get("metadata", {})
+    spec = body.get("spec") or {}
+    status = body.get("status") or {}
+    labels = meta.get("labels") or {}
+    terminated_reason = ""
+    exit_code: int | None = None
+    for cs in status.get("containerStatuses") or []:
+        term = (cs.get("state") or {}).get("terminated") or (cs.get("lastState") or {}).get("terminated")
+        if term:
+            terminated_reason = term.get("reason", "") or ""
+            exit_code = term.get("exitCode")
+            if terminated_reason == "OOMKilled" or (exit_code not in (0, None)):
+                break
+    disruption = next(
+        (c.get("reason", "") for c in status.get("conditions") or [] if c.get("type") == "DisruptionTarget"),
+        "",
+    )
+    job = labels.get("batch.kubernetes.io/job-name") or labels.get("job-name") or ""
+    return PodView(
+        namespace=meta.get("namespace", ""),
+        name=meta.get("name", ""),
+        job=job,
+        node=spec.get("nodeName"),
+        phase=status.get("phase", "Pending") or "Pending",
+        terminated_reason=terminated_reason or (status.get("reason", "") or ""),
+        exit_code=exit_code,
+        disruption_reason=disruption or "",
+        deleting=bool(meta.get("deletionTimestamp")),
+        requests=_sum_requests(spec),
+    )

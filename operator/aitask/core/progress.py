@@ -1,0 +1,483 @@
+"""The per-task state machine: from the AITask, its Jobs and their pods to the next status.
+
+``derive`` is pure. It is the operator's whole memory model: what happened is read
+from the child Jobs (whose names are deterministic), what was decided is read from
+the status, and the result is a new status plus the actions to take. Running it
+twice on the same inputs gives the same answer, which is what makes a restart at
+any moment safe: a Job created just before a crash is found again by its name and
+adopted, a lost status write is recomputed from the Jobs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, TypeVar
+
+from aitask.api.v1alpha1 import (
+    AITask,
+    AITaskStatus,
+    Attempt,
+    Subtask,
+    SubtaskPhase,
+    SubtaskStatus,
+    TaskPhase,
+)
+from aitask.core import conditions as cond
+from aitask.core.observed import JobView, PodView
+from aitask.core.reasons import ConditionType, Reason
+from aitask.core.types import ClassInfo
+
+# A Job created by the last cycle may not be in the watch cache yet; until this
+# long after admission, a missing Job is "not seen yet" rather than "deleted".
+JOB_VISIBILITY_GRACE = timedelta(seconds=60)
+_TERMINAL = frozenset({SubtaskPhase.SUCCEEDED, SubtaskPhase.FAILED, SubtaskPhase.SKIPPED})
+
+
+_M = TypeVar("_M", bound=Any)
+
+
+def _upd(model: _M, **changes: Any) -> _M:
+    """A copy of a frozen API model with some fields changed (no re-validation)."""
+    return model.model_copy(update=changes)  # type: ignore[no-any-return]
+
+
+def subtask_hash(sub: Subtask) -> str:
+    """A stable fingerprint of a sub-task's spec, to notice edits of a running sub-task."""
+    blob = json.dumps(sub.wire(), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Ready:
+    """A sub-task whose next attempt may be admitted now."""
+
+    subtask: Subtask
+    attempt: int
+    ready_since: datetime
+    min_accelerator_memory_gib: float
+    excluded_classes: frozenset[str]
+
+
+@dataclass(frozen=True)
+class Observation:
+    """A finished attempt the estimator should learn from."""
+
+    profile: str
+    class_name: str
+    seconds: float
+    work_units: float
+    estimated_seconds: float | None
+    oom: bool
+
+
+@dataclass(frozen=True)
+class EventSpec:
+    type: str  # Normal | Warning
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class TaskProgress:
+    status: AITaskStatus
+    ready: tuple[Ready, ...] = ()
+    delete_jobs: tuple[str, ...] = ()
+    events: tuple[EventSpec, ...] = ()
+    observations: tuple[Observation, ...] = ()
+    running_classes: Mapping[str, str] = field(default_factory=dict)  # subtask -> class of running attempt
+
+
+def _retry_delay(sub: Subtask, failures: int, cap: float) -> float:
+    return float(min(cap, sub.retry.backoff_seconds * (2 ** max(0, failures - 1))))
+
+
+def _attempt_result(job: JobView, pods: Sequence[PodView]) -> tuple[str, int | None, str]:
+    """Classify a failed Job: OOMKilled beats DeadlineExceeded beats a plain failure."""
+    exit_code: int | None = None
+    detail = job.failure_message or job.failure_reason
+    for pod in pods:
+        if pod.terminated_reason == "OOMKilled":
+            return "OOMKilled", pod.exit_code, f"pod {pod.name} was OOM-killed (exit code {pod.exit_code})"
+        if pod.phase == "Failed" and pod.exit_code not in (None, 0) and exit_code is None:
+            exit_code = pod.exit_code
+            detail = f"pod {pod.name} failed with exit code {pod.exit_code} ({pod.terminated_reason or 'Error'})"
+    if job.failure_reason == "DeadlineExceeded":
+        return "DeadlineExceeded", exit_code, "the attempt ran past timeoutSeconds"
+    return "Failed", exit_code, detail or "the Job failed"
+
+
+def _seconds(start: datetime | None, end: datetime | None) -> float | None:
+    if start is None or end is None:
+        return None
+    return max(0.0, (end - start).total_seconds())
+
+
+def _cost_of(seconds: float | None, plan_cost: float, plan_seconds: float) -> float | None:
+    # The plan's cost is rate * estimated seconds with a fixed resource shape, so the
+    # actual cost scales with the actual runtime at the same rate.
+    if seconds is None or plan_seconds <= 0:
+        return None
+    return plan_cost * seconds / plan_seconds
+
+
+def derive(
+    task: AITask,
+    jobs: Sequence[JobView],
+    pods: Sequence[PodView],
+    classes: Mapping[str, ClassInfo],
+    now: datetime,
+    *,
+    backoff_max_seconds: float = 300.0,
+) -> TaskProgress:
+    """Compute the task's next status and actions from what the cluster shows now."""
+    spec = task.spec
+    prev = task.status
+    created = task.metadata.creation_timestamp or now
+    jobs_by_sub: dict[str, dict[int, JobView]] = {}
+    for job in jobs:
+        jobs_by_sub.setdefault(job.subtask, {})[job.attempt] = job
+    pods_by_job: dict[str, list[PodView]] = {}
+    for pod in pods:
+        pods_by_job.setdefault(pod.job, []).append(pod)
+
+    events: list[EventSpec] = []
+    observations: list[Observation] = []
+    delete: list[str] = []
+    ready: list[Ready] = []
+    running_classes: dict[str, str] = {}
+    changed_while_running: list[str] = []
+    out: dict[str, SubtaskStatus] = {}
+
+    # Topological order is not needed: one pass in spec order, then a pass for readiness.
+    for sub in spec.subtasks:
+        st = prev.subtask(sub.name) or SubtaskStatus(name=sub.name)
+        seen = jobs_by_sub.get(sub.name, {})
+        # Adopt attempts whose Job exists but whose status write was lost.
+        latest = max([st.attempts, *seen.keys()])
+        history = {a.number: a for a in st.history}
+        for number, job in seen.items():
+            if number not in history:
+                history[number] = Attempt(
+                    number=number, job=job.name, class_name=job.class_name, spec_hash=job.spec_hash
+                )
+        if latest > st.attempts:
+            st = _upd(st, attempts=latest, phase=SubtaskPhase.RUNNING, job=seen[latest].name)
+
+        if st.phase in _TERMINAL:
+            out[sub.name] = _upd(st, history=sorted(history.values(), key=lambda a: a.number))
+            continue
+
+        if st.phase == SubtaskPhase.RUNNING and st.attempts > 0:
+            number = st.attempts
+            current = seen.get(number)
+            attempt = history.get(number) or Attempt(number=number, job=st.job or "", class_name="")
+            plan = st.plan
+            if current is None:
+                admitted = attempt.start_time or st.start_time or now
+                if now - admitted > JOB_VISIBILITY_GRACE:
+                    attempt = _upd(
+                        attempt,
+                        result="Failed",
+                        reason="the Job disappeared (deleted outside the operator)",
+                        finish_time=now,
+                    )
+                    st = _after_failure(sub, st, attempt, classes, now, backoff_max_seconds, events)
+                else:
+                    running_classes[sub.name] = attempt.class_name
+            else:
+                job_pods = pods_by_job.get(current.name, [])
+                nodes = sorted({p.node for p in job_pods if p.node and not p.terminal})
+                start = current.start_time or attempt.start_time
+                if current.spec_hash and current.spec_hash != subtask_hash(sub):
+                    changed_while_running.append(sub.name)
+                if current.complete:
+                    secs = _seconds(current.start_time, current.completion_time)
+                    cost = _cost_of(secs, plan.estimated_cost, plan.estimated_seconds) if plan else None
+                    attempt = _upd(
+                        attempt,
+                        result="Succeeded",
+                        start_time=start,
+                        finish_time=current.completion_time,
+                        actual_seconds=secs,
+                        actual_cost=cost,
+                    )
+                    if not attempt.learned and secs is not None and current.class_name:
+                        observations.append(
+                            Observation(
+                                profile=sub.effective_profile,
+                                class_name=current.class_name,
+                                seconds=secs,
+                                work_units=sub.work.units,
+                                estimated_seconds=plan.estimated_seconds if plan else None,
+                                oom=False,
+                            )
+                        )
+                        attempt = _upd(attempt, learned=True)
+                    st = _upd(
+                        st,
+                        phase=SubtaskPhase.SUCCEEDED,
+                        finish_time=current.completion_time or now,
+                        start_time=st.start_time or start,
+                        actual_seconds=secs,
+                        actual_cost=cost,
+                        message=f"attempt {number} succeeded on {current.class_name} in {secs or 0:.0f}s",
+                    )
+                    events.append(EventSpec("Normal", Reason.ATTEMPT_SUCCEEDED, f"{sub.name}: {st.message}"))
+                elif current.failed_final:
+                    result, code, detail = _attempt_result(current, job_pods)
+                    secs = _seconds(current.start_time, current.finished_at)
+                    cost = _cost_of(secs, plan.estimated_cost, plan.estimated_seconds) if plan else None
+                    attempt = _upd(
+                        attempt,
+                        result=result,
+                        exit_code=code,
+                        reason=detail,
+                        start_time=start,
+                        finish_time=current.finished_at or now,
+                        actual_seconds=secs,
+                        actual_cost=cost,
+                    )
+                    if result == "OOMKilled" and not attempt.learned and current.class_name:
+                        observations.append(
+                            Observation(
+                                profile=sub.effective_profile,
+                                class_name=current.class_name,
+                                seconds=secs or 0.0,
+                                work_units=sub.work.units,
+                                estimated_seconds=None,
+                                oom=True,
+                            )
+                        )
+                        attempt = _upd(attempt, learned=True)
+                    st = _after_failure(sub, st, attempt, classes, now, backoff_max_seconds, events)
+                else:
+                    attempt = _upd(attempt, start_time=start)
+                    running_classes[sub.name] = current.class_name
+                    st = _upd(
+                        st,
+                        nodes=nodes or st.nodes,
+                        start_time=st.start_time or start,
+                        message=f"attempt {number} running on {current.class_name}"
+                        + (f" ({', '.join(nodes)})" if nodes else ""),
+                    )
+            history[number] = attempt
+        out[sub.name] = _upd(st, history=sorted(history.values(), key=lambda a: a.number))
+
+    # Readiness: dependencies decide what may start; failures propagate as skips.
+    for sub in spec.subtasks:
+        st = out[sub.name]
+        if st.phase in _TERMINAL or st.phase == SubtaskPhase.RUNNING:
+            continue
+        deps = [out[d] for d in sub.depends_on]
+        if any(d.phase in (SubtaskPhase.FAILED, SubtaskPhase.SKIPPED) for d in deps):
+            out[sub.name] = _upd(st, phase=SubtaskPhase.SKIPPED, message="skipped: a dependency did not succeed")
+            continue
+        if not all(d.phase == SubtaskPhase.SUCCEEDED for d in deps):
+            out[sub.name] = _upd(
+                st,
+                phase=SubtaskPhase.WAITING,
+                message="waiting for " + ", ".join(d.name for d in deps if d.phase != SubtaskPhase.SUCCEEDED),
+            )
+            continue
+        if st.phase == SubtaskPhase.BACKOFF and st.retry_after and now < st.retry_after:
+            continue
+        since = st.ready_since or max([created, *[d.finish_time for d in deps if d.finish_time]])
+        min_mem, excluded = _escalation(st, classes)
+        ready.append(Ready(sub, st.attempts + 1, since, min_mem, excluded))
+        if st.phase != SubtaskPhase.QUEUED or st.ready_since is None:
+            out[sub.name] = _upd(st, phase=SubtaskPhase.QUEUED, ready_since=since)
+
+    # Sub-tasks removed from the spec: stop their running Jobs, forget them.
+    spec_names = {s.name for s in spec.subtasks}
+    for old in prev.subtasks:
+        if old.name not in spec_names and old.phase == SubtaskPhase.RUNNING and old.job:
+            delete.append(old.job)
+
+    status = _task_level(task, out, now, events, delete, ready, changed_while_running)
+    return TaskProgress(
+        status=status,
+        ready=tuple(ready) if status.phase not in (TaskPhase.FAILED, TaskPhase.SUCCEEDED) else (),
+        delete_jobs=tuple(delete),
+        events=tuple(events),
+        observations=tuple(observations),
+        running_classes=running_classes,
+    )
+
+
+def _escalation(st: SubtaskStatus, classes: Mapping[str, ClassInfo]) -> tuple[float, frozenset[str]]:
+    """After OOM kills, ask for strictly more accelerator memory and avoid the classes that failed."""
+    excluded = frozenset(a.class_name for a in st.history if a.result == "OOMKilled" and a.class_name)
+    floor = 0.0
+    for name in excluded:
+        info = classes.get(name)
+        if info is not None:
+            floor = max(floor, info.accelerator_memory_gib + 0.001)
+    return floor, excluded
+
+
+def _after_failure(
+    sub: Subtask,
+    st: SubtaskStatus,
+    attempt: Attempt,
+    classes: Mapping[str, ClassInfo],
+    now: datetime,
+    backoff_max: float,
+    events: list[EventSpec],
+) -> SubtaskStatus:
+    failures = sum(1 for a in st.history if a.result not in ("Running", "Succeeded") and a.number != attempt.number)
+    failures += 1
+    what = f"attempt {attempt.number} on {attempt.class_name or '?'}: {attempt.result}: {attempt.reason}"
+    reason = Reason.OOM_KILLED if attempt.result == "OOMKilled" else Reason.ATTEMPT_FAILED
+    events.append(EventSpec("Warning", reason, f"{sub.name}: {what}"))
+    if failures > sub.retry.limit:
+        events.append(EventSpec("Warning", Reason.RETRIES_EXHAUSTED, f"{sub.name}: failed after {failures} attempt(s)"))
+        return _upd(
+            st,
+            phase=SubtaskPhase.FAILED,
+            finish_time=attempt.finish_time or now,
+            message=f"failed after {failures} attempt(s); last {what}",
+        )
+    delay = _retry_delay(sub, failures, backoff_max)
+    retry_after = now + timedelta(seconds=delay)
+    escalate = ""
+    if attempt.result == "OOMKilled" and sub.retry.oom_escalation:
+        info = classes.get(attempt.class_name)
+        mem = info.accelerator_memory_gib if info else 0
+        escalate = f"; next attempt needs more than {mem:g} GiB of accelerator memory"
+    events.append(
+        EventSpec(
+            "Normal",
+            Reason.RETRYING,
+            f"{sub.name}: retry {failures}/{sub.retry.limit} in {delay:.0f}s{escalate}",
+        )
+    )
+    return _upd(
+        st,
+        phase=SubtaskPhase.BACKOFF,
+        retry_after=retry_after,
+        ready_since=retry_after,
+        message=f"{what}; retry {failures}/{sub.retry.limit} after {delay:.0f}s{escalate}",
+    )
+
+
+def _task_level(
+    task: AITask,
+    subs: Mapping[str, SubtaskStatus],
+    now: datetime,
+    events: list[EventSpec],
+    delete: list[str],
+    ready: list[Ready],
+    changed_while_running: list[str],
+) -> AITaskStatus:
+    prev = task.status
+    gen = task.metadata.generation
+    ordered = [subs[s.name] for s in task.spec.subtasks]
+    total = len(ordered)
+    done = sum(1 for s in ordered if s.phase == SubtaskPhase.SUCCEEDED)
+    failed = [s for s in ordered if s.phase == SubtaskPhase.FAILED]
+    running = [s for s in ordered if s.phase == SubtaskPhase.RUNNING]
+    conds = list(prev.conditions)
+    conds, _ = cond.remove_condition(conds, ConditionType.INVALID_SPEC)
+    phase: TaskPhase | None = prev.phase if prev.phase in (TaskPhase.SUCCEEDED, TaskPhase.FAILED) else None
+    completion = prev.completion_time
+    created = task.metadata.creation_timestamp or now
+    deadline = task.spec.deadline
+    if phase is None and deadline is not None and now >= created + timedelta(seconds=deadline.seconds):
+        phase = TaskPhase.FAILED
+        completion = now
+        msg = f"the task did not finish within its deadline of {deadline.seconds}s"
+        conds, _ = cond.set_condition(
+            conds,
+            type_=ConditionType.FAILED,
+            status=True,
+            reason=Reason.DEADLINE_EXCEEDED,
+            message=msg,
+            now=now,
+            generation=gen,
+        )
+        events.append(EventSpec("Warning", Reason.DEADLINE_EXCEEDED, msg))
+    elif phase is None and failed:
+        phase = TaskPhase.FAILED
+        completion = now
+        msg = "; ".join(f"{s.name}: {s.message}" for s in failed)
+        conds, _ = cond.set_condition(
+            conds,
+            type_=ConditionType.FAILED,
+            status=True,
+            reason=Reason.RETRIES_EXHAUSTED,
+            message=msg,
+            now=now,
+            generation=gen,
+        )
+        events.append(EventSpec("Warning", Reason.RETRIES_EXHAUSTED, f"task failed: {msg}"))
+    elif phase is None and done == total:
+        phase = TaskPhase.SUCCEEDED
+        completion = max([s.finish_time for s in ordered if s.finish_time] or [now])
+        conds, _ = cond.set_condition(
+            conds,
+            type_=ConditionType.SUCCEEDED,
+            status=True,
+            reason=Reason.ALL_SUCCEEDED,
+            message=f"all {total} sub-tasks succeeded",
+            now=now,
+            generation=gen,
+        )
+        events.append(EventSpec("Normal", Reason.ALL_SUCCEEDED, f"all {total} sub-tasks succeeded"))
+    if phase == TaskPhase.FAILED:
+        # Free what is still held: stop running attempts, skip what never started.
+        fixed: dict[str, SubtaskStatus] = {}
+        for s in ordered:
+            if s.phase == SubtaskPhase.RUNNING and s.job:
+                delete.append(s.job)
+                fixed[s.name] = _upd(s, phase=SubtaskPhase.SKIPPED, message="stopped: the task failed")
+            elif s.phase not in _TERMINAL:
+                fixed[s.name] = _upd(s, phase=SubtaskPhase.SKIPPED, message="skipped: the task failed")
+        ordered = [fixed.get(s.name, s) for s in ordered]
+        ready.clear()
+    if phase is None:
+        phase = TaskPhase.RUNNING if running or done else TaskPhase.PENDING
+    active = phase == TaskPhase.RUNNING and bool(running)
+    conds, _ = cond.set_condition(
+        conds,
+        type_=ConditionType.RUNNING,
+        status=active,
+        reason=Reason.IN_PROGRESS if active else Reason.IDLE,
+        message=", ".join(f"{s.name} ({s.job})" for s in running) if active else "no attempt is running",
+        now=now,
+        generation=gen,
+    )
+    if changed_while_running:
+        conds, _ = cond.set_condition(
+            conds,
+            type_=ConditionType.SPEC_CHANGE_IGNORED,
+            status=True,
+            reason=Reason.RUNNING_SUBTASK_CHANGED,
+            message="spec of running sub-task(s) "
+            + ", ".join(changed_while_running)
+            + " changed: the running attempt keeps its spec; a retry would use the new one",
+            now=now,
+            generation=gen,
+        )
+    else:
+        conds, _ = cond.remove_condition(conds, ConditionType.SPEC_CHANGE_IGNORED)
+    est_cost = [s.plan.estimated_cost for s in ordered if s.plan]
+    actual = [a.actual_cost for s in ordered for a in s.history if a.actual_cost is not None]
+    starts = [s.start_time for s in ordered if s.start_time]
+    return _upd(
+        prev,
+        phase=phase,
+        progress=f"{done}/{total}",
+        succeeded=done,
+        total=total,
+        conditions=conds,
+        subtasks=ordered,
+        estimated_cost=round(sum(est_cost), 6) if est_cost else prev.estimated_cost,
+        actual_cost=round(sum(actual), 6) if actual else None,
+        start_time=prev.start_time or (min(starts) if starts else None),
+        completion_time=completion,
+        observed_generation=gen,
+    )

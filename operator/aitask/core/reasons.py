@@ -1,0 +1,42 @@
+"""Condition types and reasons: the vocabulary of status, Events and metrics labels."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class ConditionType(StrEnum):
+    PLANNED = "Planned"  # every ready sub-task has a placement
+    RUNNING = "Running"  # at least one attempt Job is active
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+    INVALID_SPEC = "InvalidSpec"
+    METRICS_UNAVAILABLE = "MetricsUnavailable"
+    SPEC_CHANGE_IGNORED = "SpecChangeIgnored"
+
+
+class Reason(StrEnum):
+    VALID = "Valid"
+    INVALID_SCHEMA = "InvalidSchema"
+    DEPENDENCY_CYCLE = "DependencyCycle"
+    UNKNOWN_CLASS = "UnknownClass"
+    ADMITTED = "Admitted"
+    WAITING_FOR_CAPACITY = "WaitingForCapacity"
+    NO_FEASIBLE_CLASS = "NoFeasibleClass"
+    ALL_PLANNED = "AllPlanned"
+    ATTEMPT_STARTED = "AttemptStarted"
+    ATTEMPT_SUCCEEDED = "AttemptSucceeded"
+    ATTEMPT_FAILED = "AttemptFailed"
+    OOM_KILLED = "OOMKilled"
+    NODE_LOST = "NodeLost"
+    RETRYING = "Retrying"
+    RETRIES_EXHAUSTED = "RetriesExhausted"
+    DEADLINE_EXCEEDED = "DeadlineExceeded"
+    DEPENDENCY_FAILED = "DependencyFailed"
+    ALL_SUCCEEDED = "AllSucceeded"
+    IN_PROGRESS = "InProgress"
+    IDLE = "Idle"
+    PROMETHEUS_UNREACHABLE = "PrometheusUnreachable"
+    PROMETHEUS_OK = "PrometheusOK"
+    RUNNING_SUBTASK_CHANGED = "RunningSubtaskChanged"
+    NO_CHANGE = "NoChange"
