@@ -29,7 +29,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import ClassVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
-from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.exposition import choose_encoder
 
 from aitask import __version__
 
@@ -221,9 +221,7 @@ class OperatorMetrics:
 
     # -- scheduler -------------------------------------------------------------------------------
 
-    def record_cycle(
-        self, duration_s: float, admitted: Mapping[str, int], pending_by_class: Mapping[str, int]
-    ) -> None:
+    def record_cycle(self, duration_s: float, admitted: Mapping[str, int], pending_by_class: Mapping[str, int]) -> None:
         """Record one scheduling cycle.
 
         ``admitted`` counts the sub-tasks admitted in this cycle per class;
@@ -331,7 +329,9 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:  # noqa: N802 - the name http.server dispatches to
         path = self.path.split("?", 1)[0]
         if path == "/metrics":
-            self._reply(HTTPStatus.OK, generate_latest(self.registry), CONTENT_TYPE_LATEST)
+            # Negotiates OpenMetrics or the text format from Accept (0.0.4 when absent).
+            encoder, content_type = choose_encoder(self.headers.get("Accept", ""))
+            self._reply(HTTPStatus.OK, encoder(self.registry), content_type)
         elif path in ("/healthz", "/livez"):
             self._probe(type(self).health)
         elif path == "/readyz":
@@ -345,9 +345,7 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self._reply(HTTPStatus.SERVICE_UNAVAILABLE, b"unhealthy\n")
 
-    def _reply(
-        self, status: HTTPStatus, body: bytes, content_type: str = "text/plain; charset=utf-8"
-    ) -> None:
+    def _reply(self, status: HTTPStatus, body: bytes, content_type: str = "text/plain; charset=utf-8") -> None:
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
@@ -403,7 +401,7 @@ def serve_metrics(
     )
     httpd = ThreadingHTTPServer((host, port), handler)
     httpd.daemon_threads = True
-    thread = threading.Thread(target=httpd.serve_forever, name="aitask-metrics", daemon=True)
+    thread = threading.Thread(target=httpd.serve_forever, args=(0.1,), name="aitask-metrics", daemon=True)
     thread.start()
     logger.info("Serving metrics on http://%s:%d/metrics", host, httpd.server_address[1])
     return MetricsServer(httpd, thread)

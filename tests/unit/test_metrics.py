@@ -1,0 +1,145 @@
+"""Operator metrics: helpers, bounded labels, and the /metrics, /healthz, /readyz server."""
+
+from __future__ import annotations
+
+import urllib.error
+import urllib.request
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+import aitask
+from aitask import metrics
+from aitask.metrics import OperatorMetrics, serve_metrics
+
+
+@pytest.fixture
+def m() -> OperatorMetrics:
+    return OperatorMetrics(CollectorRegistry())
+
+
+def value(m: OperatorMetrics, name: str, **labels: str) -> float | None:
+    return m.registry.get_sample_value(name, labels)
+
+
+def test_task_phases_are_set_zero_filled_and_pruned(m: OperatorMetrics) -> None:
+    m.record_task_phases({("ml", "Running"): 2, ("ml", "Pending"): 1, ("cv", "Succeeded"): 4})
+    assert value(m, "aitask_tasks", namespace="ml", phase="Running") == 2
+    assert value(m, "aitask_tasks", namespace="cv", phase="Running") == 0
+
+    m.record_task_phases({("ml", "Succeeded"): 3})
+    assert value(m, "aitask_tasks", namespace="ml", phase="Running") == 0
+    assert value(m, "aitask_tasks", namespace="ml", phase="Succeeded") == 3
+    assert value(m, "aitask_tasks", namespace="cv", phase="Succeeded") is None
+
+
+@pytest.mark.parametrize(
+    ("given", "recorded"),
+    [("succeeded", "succeeded"), ("OOM_Killed", "oom_killed"), ("pod-uid-1234", "other")],
+    ids=["known", "case-insensitive", "unknown-becomes-other"],
+)
+def test_attempt_results_are_bounded(m: OperatorMetrics, given: str, recorded: str) -> None:
+    m.record_attempt("ml", "v100", given)
+    assert value(m, "aitask_subtask_attempts_total", namespace="ml", **{"class": "v100"}, result=recorded) == 1
+
+
+def test_retry_reasons_are_bounded(m: OperatorMetrics) -> None:
+    m.record_retry("ml", "a100", "oom_killed")
+    m.record_retry("ml", "a100", "something else")
+    assert value(m, "aitask_subtask_retries_total", namespace="ml", **{"class": "a100"}, reason="oom_killed") == 1
+    assert value(m, "aitask_subtask_retries_total", namespace="ml", **{"class": "a100"}, reason="other") == 1
+
+
+def test_cycle_records_duration_admissions_and_queue_depth(m: OperatorMetrics) -> None:
+    m.record_cycle(0.02, {"v100": 2, "cpu": 0}, {"v100": 3, "cpu": 1})
+    m.record_cycle(0.04, {"v100": 1}, {"cpu": 5})
+    assert value(m, "aitask_scheduling_cycle_seconds_count") == 2
+    assert value(m, "aitask_scheduling_cycle_seconds_sum") == pytest.approx(0.06)
+    assert value(m, "aitask_admitted_subtasks_total", **{"class": "v100"}) == 3
+    assert value(m, "aitask_admitted_subtasks_total", **{"class": "cpu"}) is None
+    assert value(m, "aitask_pending_subtasks", **{"class": "v100"}) == 0
+    assert value(m, "aitask_pending_subtasks", **{"class": "cpu"}) == 5
+
+
+def test_queue_wait(m: OperatorMetrics) -> None:
+    m.record_queue_wait("v100", 42.0)
+    assert value(m, "aitask_queue_wait_seconds_bucket", **{"class": "v100"}, le="60.0") == 1
+    assert value(m, "aitask_queue_wait_seconds_bucket", **{"class": "v100"}, le="30.0") == 0
+
+
+def test_runtime_ratio_and_sums(m: OperatorMetrics) -> None:
+    m.record_runtime("v100", estimated_s=100.0, actual_s=150.0)
+    m.record_runtime("v100", estimated_s=0.0, actual_s=10.0)  # no estimate: runtime only
+    assert value(m, "aitask_subtask_runtime_seconds_count", **{"class": "v100"}) == 2
+    assert value(m, "aitask_runtime_estimate_ratio_count", **{"class": "v100"}) == 1
+    assert value(m, "aitask_runtime_estimate_ratio_sum", **{"class": "v100"}) == 1.5
+    assert value(m, "aitask_estimated_runtime_seconds_total", **{"class": "v100"}) == 100
+    assert value(m, "aitask_actual_runtime_seconds_total", **{"class": "v100"}) == 150
+
+
+def test_cost(m: OperatorMetrics) -> None:
+    m.record_cost("ml", "v100", estimated=3.0, actual=None)
+    m.record_cost("ml", "v100", estimated=0.0, actual=2.5)
+    assert value(m, "aitask_estimated_cost_total", namespace="ml", **{"class": "v100"}) == 3
+    assert value(m, "aitask_actual_cost_total", namespace="ml", **{"class": "v100"}) == 2.5
+
+
+def test_reconcile_error_labels_are_sanitised(m: OperatorMetrics) -> None:
+    m.record_reconcile_error("AITask", "kopf.TemporaryError: retry in 5s")
+    assert value(m, "aitask_reconcile_errors_total", kind="AITask", reason="kopf_TemporaryError__retry_in_5s") == 1
+
+
+def test_api_latency_counts_errors(m: OperatorMetrics) -> None:
+    with m.api_latency("kubernetes", "create_job"):
+        pass
+    with pytest.raises(RuntimeError), m.api_latency("kubernetes", "create_job"):
+        raise RuntimeError("boom")
+    labels = {"target": "kubernetes", "operation": "create_job"}
+    assert value(m, "aitask_api_request_seconds_count", **labels, outcome="ok") == 1
+    assert value(m, "aitask_api_request_seconds_count", **labels, outcome="error") == 1
+
+
+def test_gpu_utilisation_and_prometheus_up(m: OperatorMetrics) -> None:
+    m.record_gpu_utilization("v100", 140.0)
+    m.record_prometheus_up(False)
+    assert value(m, "aitask_subtask_gpu_utilization_percent_sum", **{"class": "v100"}) == 100
+    assert value(m, "aitask_prometheus_up") == 0
+
+
+def test_module_helpers_use_the_operator_registry() -> None:
+    before = metrics.REGISTRY.get_sample_value(
+        "aitask_subtask_attempts_total", {"namespace": "h", "class": "k", "result": "failed"}
+    )
+    metrics.record_attempt("h", "k", "failed")
+    after = metrics.REGISTRY.get_sample_value(
+        "aitask_subtask_attempts_total", {"namespace": "h", "class": "k", "result": "failed"}
+    )
+    assert (after or 0) - (before or 0) == 1
+    assert metrics.REGISTRY.get_sample_value("aitask_operator_info", {"version": aitask.__version__}) == 1
+
+
+def fetch(url: str) -> tuple[int, str, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status, response.headers["Content-Type"], response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.headers["Content-Type"], error.read().decode()
+
+
+def test_server_serves_metrics_and_probes(m: OperatorMetrics) -> None:
+    ready = {"value": False}
+    m.record_attempt("ml", "v100", "succeeded")
+    stop = serve_metrics("127.0.0.1", 0, lambda: True, ready=lambda: ready["value"], registry=m.registry)
+    try:
+        base = f"http://127.0.0.1:{stop.port}"
+        status, content_type, body = fetch(f"{base}/metrics")
+        assert status == 200
+        assert content_type.startswith("text/plain; version=0.0.4")
+        assert 'aitask_subtask_attempts_total{class="v100",namespace="ml",result="succeeded"} 1.0' in body
+        assert fetch(f"{base}/healthz")[0] == 200
+        assert fetch(f"{base}/readyz")[0] == 503
+        ready["value"] = True
+        assert fetch(f"{base}/readyz")[0] == 200
+        assert fetch(f"{base}/nope")[0] == 404
+    finally:
+        stop()
