@@ -38,6 +38,16 @@ class SubtaskKey:
 
 
 @dataclass(frozen=True)
+class TolerationInfo:
+    """A pod toleration of a class, enough to decide whether a node's taint is tolerated."""
+
+    key: str | None = None
+    operator: str = "Equal"  # "Equal" | "Exists"
+    value: str | None = None
+    effect: str | None = None  # None tolerates every effect
+
+
+@dataclass(frozen=True)
 class ClassInfo:
     """An ExecutorClass, flattened for the cost model."""
 
@@ -52,6 +62,7 @@ class ClassInfo:
     price_memory_gib_hour: float = 0.0
     speed_default: float = 1.0
     speed_profiles: Mapping[str, float] = field(default_factory=dict)
+    tolerations: tuple[TolerationInfo, ...] = ()
 
     def speed(self, profile: str) -> float:
         return self.speed_profiles.get(profile, self.speed_default)
@@ -105,6 +116,7 @@ class Demand:
     estimate_by_class: Mapping[str, float]  # hint (and oracle in simulation)
     ready_since: float  # epoch seconds when it became ready (ageing)
     arrival: float  # epoch seconds when its task was submitted (FIFO order)
+    subtask_type: str = "custom"  # api SubtaskType value; picks the runtime prior when there is no hint
 
 
 @dataclass(frozen=True)
@@ -135,6 +147,9 @@ class SchedulerParams:
     policy: Policy = Policy.COST
     ageing_seconds: float = 600.0  # waiting this long doubles a demand's ordering weight
     max_alternatives: int = 5
+    low_gpu_util_percent: float = 30.0  # right-sizing: learned GPU utilisation under this is "oversized"
+    rightsizing_penalty: float = 0.5  # F += this * shortfall * (alpha*T + beta*C) on a pricier class
+    lookahead: bool = True  # cost/fifo: a demand waiting for a busy class holds its place there
 
 
 @dataclass(frozen=True)
@@ -149,6 +164,7 @@ class Option:
     cost: float | None = None  # C
     score: float | None = None  # F
     estimate_source: str = ""  # "learned(n=3)", "hint:secondsByClass", "hint:seconds@v100*speed", "prior"
+    penalty: float = 0.0  # right-sizing penalty included in `score`
 
 
 @dataclass(frozen=True)

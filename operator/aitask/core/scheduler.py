@@ -1,0 +1,503 @@
+"""One scheduling cycle: snapshot -> admissions and deferrals (pure, no clock, no API calls).
+
+Steps, as in Kueue's scheduler, each reading only the snapshot and this cycle's books:
+
+1. **Index** the cluster per class: schedulable nodes bucketed by free units (accelerators on a
+   GPU class, whole cores on a CPU pool) for best-fit packing, the class's capacity shapes for
+   feasibility, and its ``Timeline`` (free units now, and when running work releases the rest).
+2. **Evaluate** each demand once per distinct (estimate inputs, shape, weights) signature:
+   T, C, the right-sizing penalty and the feasibility of every class. Demands of one profile
+   share the work, so a cycle costs O(signatures x classes + demands x classes).
+3. **Order** the demands: ``cost`` by Smith's rule, ``priority * (1 + waited/ageing) / T_best``
+   (weighted shortest first, and a demand that waited ``ageing_seconds`` counts double, so
+   none starves); ``fifo`` and ``agnostic`` by arrival.
+4. **Assign** in that order. ``cost`` picks the class with the lowest F = alpha*(W+T) + beta*C
+   (+ penalty); ``fifo`` the class that finishes first (W+T); ``agnostic`` any feasible class
+   that has room now (the one with most free units, as a spreading scheduler would), blind to
+   speed. W comes from the class timeline, which already holds everything admitted *and*
+   everything queued for that class earlier in this cycle (``lookahead``): a demand whose best
+   class is busy waits for it and holds its place, and the demands behind it see that queue
+   and take a slower free class only when that finishes sooner (or cheaper, by F).
+5. **Admit** what fits now: pods are packed best-fit (the node with the fewest free units that
+   fits, so big nodes stay free for big pods), and free capacity is decremented at once.
+   Multi-pod demands are admitted only when all ``pods`` fit together, gang or not: a Job
+   with ``parallelism: n`` is expected to run its n pods at once, and half-started shards
+   would hold accelerators while waiting for the rest.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from aitask.core.costmodel import (
+    ClassCapacity,
+    Timeline,
+    accelerator_resource,
+    build_timeline,
+    class_capacity,
+    cost,
+    demand_units,
+    infeasible_reason,
+    pod_request,
+    rightsizing_penalty,
+)
+from aitask.core.estimator import Estimator
+from aitask.core.quantity import GIB
+from aitask.core.types import (
+    Admission,
+    ClassInfo,
+    CycleResult,
+    Deferral,
+    Demand,
+    NodeInfo,
+    Option,
+    Policy,
+    Running,
+    SchedulerParams,
+    Snapshot,
+)
+
+_EPS = 1e-9
+
+NO_FEASIBLE_CLASS = "NoFeasibleClass"
+INSUFFICIENT_CAPACITY = "InsufficientCapacity"
+GANG_INCOMPLETE = "GangIncomplete"
+
+
+@dataclass(frozen=True, slots=True)
+class _Choice:
+    """The static part of one (signature, feasible class): everything but W."""
+
+    name: str
+    runtime: float
+    money: float
+    penalty: float
+    base: float  # alpha*T + beta*C + penalty; F = base + alpha*W
+    units: float
+    request: tuple[int, float, float]
+    source: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Static:
+    feasible: tuple[_Choice, ...]
+    infeasible: tuple[Option, ...]
+    best_runtime: float
+
+
+def _signature(d: Demand) -> tuple[object, ...]:
+    return (
+        d.profile,
+        d.work_units,
+        d.subtask_type,
+        d.estimate_seconds,
+        d.estimate_on_class,
+        tuple(sorted(d.estimate_by_class.items())) if d.estimate_by_class else (),
+        d.kinds,
+        d.classes,
+        d.min_accelerator_memory_gib,
+        d.excluded_classes,
+        d.accelerators,
+        d.cpu,
+        d.memory,
+        d.pods,
+        d.gang,
+        d.time_weight,
+        d.cost_weight,
+    )
+
+
+class _Cycle:
+    def __init__(self, snapshot: Snapshot, params: SchedulerParams) -> None:
+        self.snapshot = snapshot
+        self.params = params
+        self.classes: Mapping[str, ClassInfo] = snapshot.classes
+        nodes = [n for n in snapshot.nodes if n.schedulable]
+        self.node_names = [n.name for n in nodes]
+        self.free: list[dict[str, float]] = [dict(n.free) for n in nodes]
+        self.node_classes: list[tuple[str, ...]] = [
+            tuple(c for c in n.classes if c in self.classes) for n in nodes
+        ]
+        members: dict[str, list[int]] = {name: [] for name in self.classes}
+        for i, names in enumerate(self.node_classes):
+            for name in names:
+                members[name].append(i)
+        running_by_class: dict[str, list[Running]] = {}
+        for item in snapshot.running:
+            running_by_class.setdefault(item.class_name, []).append(item)
+
+        self.resource: dict[str, str] = {}
+        self.is_gpu: dict[str, bool] = {}
+        self.capacity: dict[str, ClassCapacity] = {}
+        self.timeline: dict[str, Timeline] = {}
+        self.free_units: dict[str, float] = {}
+        self.buckets: dict[str, dict[int, dict[int, None]]] = {}
+        self.max_key: dict[str, int] = {}
+        for name, cls in self.classes.items():
+            class_nodes: Sequence[NodeInfo] = [nodes[i] for i in members[name]]
+            self.resource[name] = accelerator_resource(cls)
+            self.is_gpu[name] = cls.kind == "gpu"
+            cap = class_capacity(cls, class_nodes)
+            self.capacity[name] = cap
+            self.timeline[name] = build_timeline(cls, class_nodes, running_by_class.get(name, ()), cap)
+            buckets: dict[int, dict[int, None]] = {}
+            units = 0.0
+            top = 0
+            for i in members[name]:
+                key = self._key(name, i)
+                buckets.setdefault(key, {})[i] = None
+                units += self._units(name, i)
+                top = max(top, key)
+            self.buckets[name] = buckets
+            self.max_key[name] = top
+            self.free_units[name] = units
+        self.estimator = Estimator(self.classes, snapshot.learned)
+        self._static: dict[tuple[object, ...], _Static] = {}
+
+    # ------------------------------------------------------------------ node books
+
+    def _units(self, name: str, i: int) -> float:
+        free = self.free[i]
+        return free.get(self.resource[name], 0.0) if self.is_gpu[name] else free.get("cpu", 0.0)
+
+    def _key(self, name: str, i: int) -> int:
+        return int(self._units(name, i) + _EPS)
+
+    def _fits(self, i: int, resource: str, request: tuple[int, float, float]) -> bool:
+        accelerators, cpu, memory = request
+        free = self.free[i]
+        return (
+            (accelerators <= 0 or free.get(resource, 0.0) >= accelerators - _EPS)
+            and free.get("cpu", 0.0) >= cpu - _EPS
+            and free.get("memory", 0.0) >= memory - _EPS
+        )
+
+    def _best_fit(self, name: str, request: tuple[int, float, float]) -> int | None:
+        accelerators, cpu, _ = request
+        resource = self.resource[name]
+        start = accelerators if self.is_gpu[name] else int(cpu + _EPS) if cpu >= 1 else 0
+        buckets = self.buckets[name]
+        for key in range(start, self.max_key[name] + 1):
+            bucket = buckets.get(key)
+            if not bucket:
+                continue
+            for i in bucket:
+                if self._fits(i, resource, request):
+                    return i
+        return None
+
+    def _apply(self, i: int, resource: str, request: tuple[int, float, float], sign: float) -> None:
+        accelerators, cpu, memory = request
+        before = {name: self._key(name, i) for name in self.node_classes[i]}
+        units_before = {name: self._units(name, i) for name in self.node_classes[i]}
+        free = self.free[i]
+        if accelerators:
+            free[resource] = free.get(resource, 0.0) - sign * accelerators
+        free["cpu"] = free.get("cpu", 0.0) - sign * cpu
+        free["memory"] = free.get("memory", 0.0) - sign * memory
+        for name in self.node_classes[i]:
+            self.free_units[name] += self._units(name, i) - units_before[name]
+            key = self._key(name, i)
+            if key != before[name]:
+                buckets = self.buckets[name]
+                del buckets[before[name]][i]
+                buckets.setdefault(key, {})[i] = None
+                if key > self.max_key[name]:
+                    self.max_key[name] = key
+
+    def _place(self, name: str, request: tuple[int, float, float], pods: int) -> tuple[list[int], int]:
+        """Pack all pods or none; returns (nodes, how many fitted before giving up)."""
+        resource = self.resource[name]
+        placed: list[int] = []
+        for _ in range(pods):
+            i = self._best_fit(name, request)
+            if i is None:
+                fitted = len(placed)
+                for j in reversed(placed):
+                    self._apply(j, resource, request, -1.0)
+                return [], fitted
+            self._apply(i, resource, request, 1.0)
+            placed.append(i)
+        return placed, pods
+
+    # ------------------------------------------------------------------ evaluation
+
+    def _evaluate(self, d: Demand) -> _Static:
+        sig = _signature(d)
+        found = self._static.get(sig)
+        if found is not None:
+            return found
+        reasons = {
+            name: infeasible_reason(d, cls, self.capacity[name]) for name, cls in self.classes.items()
+        }
+        prices = [
+            self.classes[n].price_accelerator_hour
+            for n, r in reasons.items()
+            if not r and self.is_gpu[n]
+        ]
+        cheapest = min(prices) if prices else 0.0
+        choices: list[_Choice] = []
+        infeasible: list[Option] = []
+        for name, cls in self.classes.items():
+            if reasons[name]:
+                infeasible.append(Option(class_name=name, feasible=False, reason=reasons[name]))
+                continue
+            est = self.estimator.estimate(d, name)
+            money = cost(d, cls, est.seconds)
+            penalty = rightsizing_penalty(
+                d,
+                cls,
+                self.snapshot.learned.get((d.profile, name)),
+                cheapest_accelerator_price=cheapest,
+                runtime=est.seconds,
+                money=money,
+                params=self.params,
+            )
+            choices.append(
+                _Choice(
+                    name=name,
+                    runtime=est.seconds,
+                    money=money,
+                    penalty=penalty,
+                    base=d.time_weight * est.seconds + d.cost_weight * money + penalty,
+                    units=demand_units(d, cls),
+                    request=pod_request(d, cls),
+                    source=est.source,
+                )
+            )
+        infeasible.sort(key=lambda o: o.class_name)
+        best = min((c.runtime for c in choices), default=math.inf)
+        static = _Static(feasible=tuple(choices), infeasible=tuple(infeasible), best_runtime=best)
+        self._static[sig] = static
+        return static
+
+    def _order(self, demands: Sequence[Demand], statics: Sequence[_Static]) -> list[int]:
+        index = range(len(demands))
+        if self.params.policy == Policy.COST:
+            now = self.snapshot.now
+            ageing = self.params.ageing_seconds
+
+            def smith(i: int) -> tuple[float, float, float, str, int]:
+                d = demands[i]
+                waited = max(0.0, now - d.ready_since)
+                weight = d.priority * (1.0 + waited / ageing) if ageing > 0 else d.priority
+                runtime = statics[i].best_runtime
+                ratio = weight / runtime if 0 < runtime < math.inf else (math.inf if runtime == 0 else 0.0)
+                return (-ratio, d.arrival, d.ready_since, str(d.key), d.attempt)
+
+            return sorted(index, key=smith)
+        return sorted(
+            index, key=lambda i: (demands[i].arrival, demands[i].ready_since, str(demands[i].key), demands[i].attempt)
+        )
+
+    # ------------------------------------------------------------------ the cycle
+
+    def run(self) -> CycleResult:
+        demands = self.snapshot.demands
+        statics = [self._evaluate(d) for d in demands]
+        admitted: list[Admission] = []
+        deferred: list[Deferral] = []
+        policy = self.params.policy
+        for i in self._order(demands, statics):
+            d = demands[i]
+            static = statics[i]
+            if not static.feasible:
+                deferred.append(self._no_class(d, static))
+                continue
+            waits = [self.timeline[c.name].wait(c.units) for c in static.feasible]
+            if policy == Policy.COST:
+                scores = [_f(c.base, d.time_weight, w) for c, w in zip(static.feasible, waits, strict=True)]
+            else:
+                scores = [c.runtime + w for c, w in zip(static.feasible, waits, strict=True)]
+            if policy == Policy.AGNOSTIC:
+                result = self._agnostic(d, static, waits, scores)
+            else:
+                result = self._by_score(d, static, waits, scores)
+            if isinstance(result, Admission):
+                admitted.append(result)
+            else:
+                deferred.append(result)
+        return CycleResult(admitted=tuple(admitted), deferred=tuple(deferred))
+
+    def _by_score(
+        self, d: Demand, static: _Static, waits: list[float], scores: list[float]
+    ) -> Admission | Deferral:
+        best = min(range(len(scores)), key=lambda j: (scores[j], static.feasible[j].name))
+        choice = static.feasible[best]
+        wait = waits[best]
+        options = self._options(d, static, waits, scores)
+        if wait <= _EPS:
+            placed, fitted = self._place(choice.name, choice.request, d.pods)
+            if placed:
+                self._book(choice, placed)
+                return self._admission(d, choice, placed, options)
+            if self.params.lookahead:
+                self.timeline[choice.name].reserve(choice.units, choice.runtime)
+            return self._capacity_deferral(d, choice, options, fitted)
+        if self.params.lookahead and wait < math.inf:
+            self.timeline[choice.name].reserve(choice.units, choice.runtime)
+        return Deferral(
+            key=d.key,
+            attempt=d.attempt,
+            reason=INSUFFICIENT_CAPACITY,
+            message=(
+                f"waiting for {choice.name}: expected wait {_secs(wait)} then {_secs(choice.runtime)} "
+                f"({choice.source}); it still finishes sooner{' or cheaper' if d.cost_weight > 0 else ''} "
+                f"than any class free now"
+            ),
+            best=options[0],
+            alternatives=tuple(options[1:]),
+        )
+
+    def _agnostic(
+        self, d: Demand, static: _Static, waits: list[float], scores: list[float]
+    ) -> Admission | Deferral:
+        options = self._options(d, static, waits, scores)
+        candidates = sorted(
+            (j for j, c in enumerate(static.feasible) if self.free_units[c.name] >= c.units - _EPS),
+            key=lambda j: (-self.free_units[static.feasible[j].name], static.feasible[j].name),
+        )
+        fitted_best = 0
+        for j in candidates:
+            choice = static.feasible[j]
+            placed, fitted = self._place(choice.name, choice.request, d.pods)
+            if placed:
+                self._book(choice, placed)
+                chosen = next(o for o in options if o.class_name == choice.name)
+                rest = [o for o in options if o.class_name != choice.name]
+                return self._admission(d, choice, placed, [chosen, *rest])
+            fitted_best = max(fitted_best, fitted)
+        first = static.feasible[min(range(len(scores)), key=lambda j: (scores[j], static.feasible[j].name))]
+        return self._capacity_deferral(d, first, options, fitted_best)
+
+    def _book(self, choice: _Choice, placed: list[int]) -> None:
+        """Hold the admitted units on the chosen class's timeline, and on classes sharing its nodes."""
+        self.timeline[choice.name].reserve(choice.units, choice.runtime)
+        accelerators, cpu, _ = choice.request
+        resource = self.resource[choice.name]
+        shared: dict[str, float] = {}
+        for i in placed:
+            for other in self.node_classes[i]:
+                if other == choice.name:
+                    continue
+                if self.is_gpu[other]:
+                    if self.resource[other] == resource and accelerators:
+                        shared[other] = shared.get(other, 0.0) + accelerators
+                else:
+                    shared[other] = shared.get(other, 0.0) + cpu
+        for other, units in shared.items():
+            self.timeline[other].reserve(units, choice.runtime)
+
+    # ------------------------------------------------------------------ decisions
+
+    def _options(self, d: Demand, static: _Static, waits: list[float], scores: list[float]) -> list[Option]:
+        """Options in the policy's order (``scores``); each carries F whatever the policy."""
+        alpha = d.time_weight
+        order = sorted(range(len(scores)), key=lambda j: (scores[j], static.feasible[j].name))
+        limit = max(1, self.params.max_alternatives + 1)
+        options = []
+        for j in order[:limit]:
+            c = static.feasible[j]
+            options.append(
+                Option(
+                    class_name=c.name,
+                    feasible=True,
+                    runtime_seconds=c.runtime,
+                    wait_seconds=waits[j],
+                    cost=c.money,
+                    score=_f(c.base, alpha, waits[j]),
+                    estimate_source=c.source,
+                    penalty=c.penalty,
+                )
+            )
+        room = max(0, limit - len(options))
+        options.extend(static.infeasible[:room])
+        return options
+
+    def _admission(self, d: Demand, choice: _Choice, placed: list[int], options: list[Option]) -> Admission:
+        chosen = options[0]
+        runner_up = next((o for o in options[1:] if o.feasible), None)
+        why = (
+            f"; next best {runner_up.class_name} (T {_secs(runner_up.runtime_seconds)}, "
+            f"W {_secs(runner_up.wait_seconds)}, F {_num(runner_up.score)})"
+            if runner_up is not None
+            else ""
+        )
+        accelerators, cpu, memory = choice.request
+        shape = f"{accelerators} accelerator(s), " if accelerators else ""
+        message = (
+            f"admitted on {choice.name} ({d.pods} pod(s) of {shape}{cpu:g} cpu, {memory / GIB:g}Gi): "
+            f"T {_secs(choice.runtime)} ({choice.source}), cost {choice.money:.2f}, F {_num(chosen.score)}{why}"
+        )
+        return Admission(
+            key=d.key,
+            attempt=d.attempt,
+            class_name=choice.name,
+            nodes=tuple(self.node_names[i] for i in placed),
+            accelerators=accelerators,
+            cpu=cpu,
+            memory=memory,
+            chosen=chosen,
+            alternatives=tuple(options[1:]),
+            message=message,
+        )
+
+    def _capacity_deferral(self, d: Demand, choice: _Choice, options: list[Option], fitted: int) -> Deferral:
+        if d.pods > 1 and fitted > 0:
+            return Deferral(
+                key=d.key,
+                attempt=d.attempt,
+                reason=GANG_INCOMPLETE,
+                message=f"only {fitted} of {d.pods} pods fit at once on {choice.name}; all must start together",
+                best=options[0],
+                alternatives=tuple(options[1:]),
+            )
+        accelerators, cpu, memory = choice.request
+        shape = f"{accelerators} accelerator(s), " if accelerators else ""
+        return Deferral(
+            key=d.key,
+            attempt=d.attempt,
+            reason=INSUFFICIENT_CAPACITY,
+            message=f"no node of {choice.name} has room now for a pod of {shape}{cpu:g} cpu, {memory / GIB:g}Gi",
+            best=options[0],
+            alternatives=tuple(options[1:]),
+        )
+
+    def _no_class(self, d: Demand, static: _Static) -> Deferral:
+        reasons = "; ".join(f"{o.class_name}: {o.reason}" for o in static.infeasible[:5]) or "no executor classes"
+        return Deferral(
+            key=d.key,
+            attempt=d.attempt,
+            reason=NO_FEASIBLE_CLASS,
+            message=f"no executor class can run it ({reasons})",
+            best=None,
+            alternatives=static.infeasible[: self.params.max_alternatives + 1],
+        )
+
+
+def _f(base: float, alpha: float, wait: float) -> float:
+    """F from its static part and W; a class that can never free enough units scores inf."""
+    return math.inf if wait == math.inf else base + alpha * wait
+
+
+def _secs(value: float | None) -> str:
+    if value is None:
+        return "?"
+    if value == math.inf:
+        return "never"
+    return f"{value:.0f}s"
+
+
+def _num(value: float | None) -> str:
+    return "?" if value is None else f"{value:.1f}"
+
+
+def schedule(snapshot: Snapshot, params: SchedulerParams) -> CycleResult:
+    """Decide which ready demands start now, on which class and nodes, and why the rest wait.
+
+    Pure over the snapshot, so the operator, `aitask simulate` and `aitask plan` share it
+    and its decisions can be replayed in tests and benchmarks.
+    """
+    return _Cycle(snapshot, params).run()
