@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import re
+import shutil
+import subprocess
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import pytest
+import yaml
 from prometheus_client import CollectorRegistry
 
 import aitask
@@ -143,3 +149,69 @@ def test_server_serves_metrics_and_probes(m: OperatorMetrics) -> None:
         assert fetch(f"{base}/nope")[0] == 404
     finally:
         stop()
+
+
+# -- docs and dashboard stay in step with the metrics --------------------------------------------
+
+ROOT = Path(__file__).resolve().parents[2]
+DASHBOARD = ROOT / "charts" / "aitask-operator" / "dashboards" / "aitask-operator.json"
+OPERATIONS = ROOT / "docs" / "operations.md"
+
+
+def family_names() -> set[str]:
+    registry = CollectorRegistry()
+    OperatorMetrics(registry)
+    names = set()
+    for family in registry.collect():
+        name = family.name + ("_total" if family.type == "counter" else "")
+        names.add(name + ("_info" if family.type == "info" else ""))
+    return names
+
+
+def test_every_metric_is_documented() -> None:
+    table = OPERATIONS.read_text().split("## Metrics", 1)[1].split("## Alerts", 1)[0]
+    documented = set(re.findall(r"^\| `(aitask_[a-z_]+)`", table, re.MULTILINE))
+    assert documented == family_names()
+
+
+def dashboard_exprs() -> list[str]:
+    dashboard = json.loads(DASHBOARD.read_text())
+    return [target["expr"] for panel in dashboard["panels"] for target in panel.get("targets", [])]
+
+
+def test_dashboard_uses_the_datasource_variable_and_known_metrics() -> None:
+    dashboard = json.loads(DASHBOARD.read_text())
+    assert dashboard["templating"]["list"][0] == {
+        "name": "datasource",
+        "label": "Data source",
+        "type": "datasource",
+        "query": "prometheus",
+        "current": {},
+        "hide": 0,
+        "refresh": 1,
+    }
+    for panel in dashboard["panels"]:
+        if panel["type"] != "row":
+            assert panel["datasource"] == {"type": "prometheus", "uid": "${datasource}"}, panel["title"]
+    known = family_names()
+    used = {name for expr in dashboard_exprs() for name in re.findall(r"\b(aitask_[a-z_]+)", expr)}
+    suffixes = ("_bucket", "_sum", "_count")
+    base = {next((n[: -len(s)] for s in suffixes if n.endswith(s)), n) for n in used}
+    assert base - known <= {"aitask_agent_nvml_up"}
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool (Debian package prometheus) not installed")
+def test_dashboard_and_alert_expressions_parse(tmp_path: Path) -> None:
+    substitutions = {"$namespace": ".*", "$class": ".*", "$__rate_interval": "5m", "$__range": "1h"}
+    rules: list[dict[str, str]] = []
+    for index, expr in enumerate(dashboard_exprs()):
+        for variable, value in substitutions.items():
+            expr = expr.replace(variable, value)
+        rules.append({"record": f"dashboard:expr{index}", "expr": expr})
+    alerts_block = re.search(r"```yaml\n(.*?)```", OPERATIONS.read_text(), re.DOTALL)
+    assert alerts_block is not None
+    groups = yaml.safe_load(alerts_block.group(1))["spec"]["groups"]
+    path = tmp_path / "rules.yaml"
+    path.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}, *groups]}))
+    result = subprocess.run(["promtool", "check", "rules", str(path)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
