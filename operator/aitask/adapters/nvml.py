@@ -182,9 +182,7 @@ class NvmlReader:
             return
         self._last_state = state
         if snapshot.available:
-            logger.info(
-                "NVML available: driver %s, %d GPU(s)", snapshot.driver_version or "?", len(snapshot.gpus)
-            )
+            logger.info("NVML available: driver %s, %d GPU(s)", snapshot.driver_version or "?", len(snapshot.gpus))
         else:
             logger.warning(
                 "NVML unavailable (%s): %s; no NVIDIA driver usable on this node, serving no GPU series",

@@ -109,9 +109,7 @@ def _selector(metric: str, namespace: str, pod_regex: str, *, exported: bool) ->
     )
 
 
-def _per_pod(
-    metric: str, over_time: str, aggregate: str, namespace: str, pod_regex: str, window_s: float
-) -> str:
+def _per_pod(metric: str, over_time: str, aggregate: str, namespace: str, pod_regex: str, window_s: float) -> str:
     """``aggregate by (namespace, pod)`` of ``over_time(metric[window])``, for both label layouts."""
     window = duration_literal(window_s)
     direct = f"{over_time}({_selector(metric, namespace, pod_regex, exported=False)}[{window}])"
@@ -147,9 +145,7 @@ def gpu_usage_query(namespace: str, pod_regex: str, window_s: float) -> str:
         "util_max": gpu_util_max_query(namespace, pod_regex, window_s),
         "mem_max_mib": gpu_memory_used_max_query(namespace, pod_regex, window_s),
     }
-    return " or ".join(
-        f'label_replace({query}, "{_STAT_LABEL}", "{stat}", "", "")' for stat, query in parts.items()
-    )
+    return " or ".join(f'label_replace({query}, "{_STAT_LABEL}", "{stat}", "", "")' for stat, query in parts.items())
 
 
 def node_gpu_util_query(window_s: float) -> str:
@@ -285,9 +281,7 @@ class PrometheusClient:
             KeyError,
             TypeError,
         ) as error:
-            raise PrometheusUnavailable(
-                f"Prometheus query failed ({type(error).__name__}): {error}"
-            ) from error
+            raise PrometheusUnavailable(f"Prometheus query failed ({type(error).__name__}): {error}") from error
         finally:
             if self._observer is not None:
                 self._observer(operation, time.perf_counter() - started, ok)
@@ -318,9 +312,7 @@ class PrometheusClient:
                 pod=pod,
                 util_avg_percent=values.get("util_avg"),
                 util_max_percent=values.get("util_max"),
-                memory_used_max_bytes=(
-                    int(values["mem_max_mib"] * _MIB) if "mem_max_mib" in values else None
-                ),
+                memory_used_max_bytes=(int(values["mem_max_mib"] * _MIB) if "mem_max_mib" in values else None),
             )
             for pod, values in sorted(stats.items())
         }
@@ -335,9 +327,7 @@ class PrometheusClient:
     def get_node_gpu_util(self, window_s: float, *, at: datetime | None = None) -> dict[str, float]:
         """Mean GPU utilisation per node (DCGM ``Hostname``) over the window."""
         samples = self.query(node_gpu_util_query(window_s), at=at, operation="node_gpu_util")
-        return {
-            sample.labels["Hostname"]: sample.value for sample in samples if sample.labels.get("Hostname")
-        }
+        return {sample.labels["Hostname"]: sample.value for sample in samples if sample.labels.get("Hostname")}
 
     def get_class_gpu_util(
         self, nodes_by_class: Mapping[str, Sequence[str]], window_s: float, *, at: datetime | None = None

@@ -144,9 +144,7 @@ class GpuExporter:
         try:
             self._pods = dict(self._pod_resolver())
         except (LookupError, OSError) as error:
-            logger.warning(
-                "Pods on node %s could not be listed, labelling by pod_uid: %s", self._hostname, error
-            )
+            logger.warning("Pods on node %s could not be listed, labelling by pod_uid: %s", self._hostname, error)
 
     def _attribute(
         self, snapshot: NvmlSnapshot, cgroups: Mapping[int, PodCgroup | None]
@@ -286,9 +284,7 @@ class GpuExporter:
 
     def _render_gpus(self, state: AgentState) -> Iterator[Metric]:
         used = GaugeMetricFamily("aitask_agent_gpu_memory_used_bytes", "GPU memory used.", labels=GPU_LABELS)
-        total = GaugeMetricFamily(
-            "aitask_agent_gpu_memory_total_bytes", "GPU memory installed.", labels=GPU_LABELS
-        )
+        total = GaugeMetricFamily("aitask_agent_gpu_memory_total_bytes", "GPU memory installed.", labels=GPU_LABELS)
         unattributed = GaugeMetricFamily(
             "aitask_agent_gpu_unattributed_processes",
             "Processes on the GPU that belong to no pod (host processes, or /proc not the host's).",

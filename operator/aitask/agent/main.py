@@ -68,13 +68,9 @@ def kubernetes_pod_resolver(node_name: str) -> PodResolver | None:
             raise LookupError(f"list pods on {node_name}: {error}") from error
         result: dict[str, PodRef] = {}
         for pod in pods.items:
-            statuses = list(pod.status.container_statuses or []) + list(
-                pod.status.init_container_statuses or []
-            )
+            statuses = list(pod.status.container_statuses or []) + list(pod.status.init_container_statuses or [])
             containers = {
-                container_id_of(status.container_id): status.name
-                for status in statuses
-                if status.container_id
+                container_id_of(status.container_id): status.name for status in statuses if status.container_id
             }
             result[pod.metadata.uid] = PodRef(pod.metadata.namespace, pod.metadata.name, containers)
         return result
@@ -158,9 +154,7 @@ def main(argv: list[str] | None = None) -> int:
         logger.error("--interval must be positive")
         return 2
     if not logging.getLogger().handlers:
-        logging.basicConfig(
-            level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-        )
+        logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     resolver = None if args.no_kubernetes else kubernetes_pod_resolver(args.node_name)
     try:
         run_agent(
