@@ -116,7 +116,7 @@ def _aitask_spec() -> SchemaDict:
     item["properties"]["dependsOn"]["x-kubernetes-list-type"] = "set"
     item["x-kubernetes-validations"] = [
         {
-            "rule": "!(self.name in self.dependsOn)",
+            "rule": "!has(self.dependsOn) || !(self.name in self.dependsOn)",
             "message": "a sub-task cannot depend on itself",
             "fieldPath": ".dependsOn",
             "reason": "FieldValueInvalid",
@@ -148,7 +148,7 @@ def _aitask_spec() -> SchemaDict:
     executor["properties"]["classes"]["minItems"] = 1
     spec["x-kubernetes-validations"] = [
         {
-            "rule": "self.subtasks.all(s, s.dependsOn.all(d, self.subtasks.exists(t, t.name == d)))",
+            "rule": "self.subtasks.all(s, !has(s.dependsOn) || s.dependsOn.all(d, self.subtasks.exists(t, t.name == d)))",
             "message": "every subtasks[].dependsOn entry must name a sub-task of this AITask",
             "fieldPath": ".subtasks",
             "reason": "FieldValueInvalid",

@@ -1,0 +1,53 @@
+# aitask-operator — `make help` lists the targets.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+PY := .venv/bin/python
+export GOTOOLCHAIN := local
+
+.PHONY: help
+help: ## list the targets
+	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
+
+.PHONY: setup
+setup: ## install everything: prometheus (apt), .venv, control-plane binaries (cached)
+	@bash scripts/setup.sh
+
+.PHONY: test
+test: setup lint unit e2e ## the whole suite: lint, types, layering, CRD drift, unit and e2e tests
+
+.PHONY: lint
+lint: ## ruff, mypy --strict, import-linter layering, generated-file drift
+	.venv/bin/ruff check operator tests e2e bench
+	.venv/bin/ruff format --check operator
+	.venv/bin/mypy
+	.venv/bin/lint-imports
+	@$(MAKE) --no-print-directory check-generated
+
+.PHONY: unit
+unit: ## unit and handler tests (no cluster)
+	.venv/bin/pytest -q tests
+
+.PHONY: e2e
+e2e: ## end-to-end tests on the local control plane (real apiserver, KCM, scheduler, KWOK, Prometheus)
+	.venv/bin/pytest -q e2e
+
+.PHONY: crds
+crds: ## regenerate crds/ from the pydantic models
+	$(PY) -m aitask crds --out-dir crds
+
+.PHONY: check-generated
+check-generated: ## fail if crds/ drifts from the models
+	@tmp=$$(mktemp -d); $(PY) -m aitask crds --out-dir $$tmp; \
+	  diff -ru crds $$tmp || { echo "crds/ is stale: run 'make crds'"; exit 1; }; rm -rf $$tmp
+
+.PHONY: cluster-up
+cluster-up: setup ## start the local control plane with fake GPU pools (leaves it running)
+	$(PY) -m e2e.cluster up
+
+.PHONY: cluster-down
+cluster-down: ## stop the local control plane
+	$(PY) -m e2e.cluster down
+
+.PHONY: bench
+bench: ## run the benchmarks (ratios measured in one run)
+	for b in quality heterogeneity learning speed; do $(PY) bench/$$b.py || exit 1; done

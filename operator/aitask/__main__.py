@@ -1,0 +1,3 @@
+from aitask.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,98 @@
+"""The ``aitask`` command: run | plan | simulate | crds | agent | version."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from pathlib import Path
+
+import yaml
+
+from aitask import __version__
+
+# Sub-commands that live in their own modules, each with add_parser(subparsers) and run(args).
+_COMMAND_MODULES = ("aitask.commands.plan", "aitask.commands.simulate")
+
+
+def _cmd_crds(args: argparse.Namespace) -> int:
+    from aitask.api.crdgen import all_crds
+
+    crds = all_crds()
+    if args.out_dir:
+        out = Path(args.out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        for name, crd in crds.items():
+            (out / name).write_text(dump_yaml(crd))
+        return 0
+    sys.stdout.write("---\n".join(dump_yaml(c) for c in crds.values()))
+    return 0
+
+
+def dump_yaml(obj: object) -> str:
+    return yaml.safe_dump(obj, sort_keys=False, width=120)
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    import kopf
+
+    import aitask.handlers  # noqa: F401  (registers the handlers)
+    from aitask.settings import load_settings
+
+    settings = load_settings()
+    namespaces = args.namespace or settings.namespaces
+    kopf.configure(verbose=args.verbose)
+    kopf.run(
+        clusterwide=not namespaces,
+        namespaces=namespaces or None,
+        standalone=args.standalone or settings.standalone,
+        peering_name=None if (args.standalone or settings.standalone) else settings.peering_name,
+        liveness_endpoint=args.liveness,
+    )
+    return 0
+
+
+def _cmd_agent(args: argparse.Namespace) -> int:
+    from aitask.agent.main import main as agent_main
+
+    return agent_main(args.agent_args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="aitask", description="aitask-operator: cost-model placement of AI sub-tasks on Kubernetes."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the operator (Kopf)")
+    run.add_argument("-n", "--namespace", action="append", default=[], help="watch only this namespace (repeat)")
+    run.add_argument("--standalone", action="store_true", help="no peering: a single replica (tests, dev)")
+    run.add_argument("--liveness", default=None, help="Kopf liveness endpoint, e.g. http://0.0.0.0:8081/healthz")
+    run.add_argument("-v", "--verbose", action="store_true")
+    run.set_defaults(func=_cmd_run)
+
+    crds = sub.add_parser("crds", help="print the CRDs generated from the API models")
+    crds.add_argument("--out-dir", default=None, help="write one file per CRD into this folder")
+    crds.set_defaults(func=_cmd_crds)
+
+    agent = sub.add_parser("agent", help="run the NVML GPU exporter (see `aitask agent -- --help`)", add_help=False)
+    agent.add_argument("agent_args", nargs=argparse.REMAINDER)
+    agent.set_defaults(func=_cmd_agent)
+
+    version = sub.add_parser("version", help="print the version")
+    version.set_defaults(func=lambda _args: print(__version__) or 0)
+
+    for module_name in _COMMAND_MODULES:
+        module = importlib.import_module(module_name)
+        module.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    code: int = args.func(args)
+    return code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Pure orchestration of one scheduling cycle (above core and build, below handlers)."""

@@ -1,0 +1,41 @@
+"""Operator start-up: Kopf settings, API credentials, the metrics/health server."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import kopf
+
+from aitask import metrics
+from aitask.adapters import kube
+from aitask.handlers.scheduler import SETTINGS, Engine
+
+log = logging.getLogger("aitask.startup")
+
+
+@kopf.on.startup()
+async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    # Our own storage prefix for everything Kopf writes onto objects (finalizer, progress).
+    settings.persistence.finalizer = "aitask.dev/finalizer"
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="aitask.dev")
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix="aitask.dev", key="last-handled-configuration"
+    )
+    settings.posting.level = logging.WARNING  # Kopf's own events: only problems; ours are explicit
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    settings.batching.error_delays = [1, 2, 5, 10, 30]
+    settings.peering.name = SETTINGS.peering_name
+    kube.configure()
+    memo.engine = Engine(settings=SETTINGS)  # shared by every object's memo copy
+    if SETTINGS.metrics_port:
+        memo.metrics_server = metrics.serve_metrics(SETTINGS.metrics_host, SETTINGS.metrics_port, lambda: True)
+        log.info("metrics and health on %s:%d", SETTINGS.metrics_host, memo.metrics_server.port)
+
+
+@kopf.on.cleanup()
+async def shutdown(memo: kopf.Memo, **_: Any) -> None:
+    server = getattr(memo, "metrics_server", None)
+    if server is not None:
+        server.stop()
