@@ -320,8 +320,9 @@ class Cluster:
         deadline = t0 + timeout
         root = Path(tempfile.mkdtemp(prefix="aitask-e2e-")) if dir is None else Path(dir).resolve()
         root.mkdir(parents=True, exist_ok=True)
-        if (root / STATE_FILE).exists():
-            raise ClusterError(f"{root} already holds a cluster ({STATE_FILE}); stop it first")
+        if (root / STATE_FILE).exists() or (root / "run").exists():
+            raise ClusterError(f"{root} was already used by a cluster; stop it (python -m e2e.cluster down "
+                               f"--dir {root}) or use an empty folder")
         bins = bin_dir or locate_binaries()
         logs, pki, run = root / "logs", root / "pki", root / "run"
         for d in (logs, run):
@@ -337,6 +338,8 @@ class Cluster:
         except BaseException as exc:
             report = cluster.logs()
             stop_processes(cluster.procs, timeout=5, popens=cluster._popens)
+            with contextlib.suppress(OSError):
+                (root / STATE_FILE).rename(root / "state.failed.json")
             if isinstance(exc, ClusterError):
                 raise ClusterError(f"{exc}\n\ncomponent logs ({logs}):\n{report}") from None
             raise
@@ -466,17 +469,20 @@ class Cluster:
         tmp.chmod(0o600)
         tmp.replace(self.dir / STATE_FILE)
 
-    def stop(self, *, timeout: float = 10.0, remove: bool = False) -> None:
+    def stop(self, *, timeout: float = 10.0, remove: bool = False) -> list[str]:
         """Stops the components (kwok, scheduler, controller manager, then the API server, then etcd) by
-        their process groups. ``remove`` also deletes the state folder."""
+        their process groups; returns the names that needed SIGKILL. ``remove`` also deletes ``dir``."""
         order = [["kwok", "kube-scheduler", "kube-controller-manager"], ["kube-apiserver"], ["etcd"]]
+        killed: list[str] = []
         for names in order:
-            stop_processes([p for p in self.procs if p.name in names], timeout=timeout, popens=self._popens)
-        stop_processes(self.procs, timeout=timeout, popens=self._popens)  # anything not in `order`
+            killed += stop_processes([p for p in self.procs if p.name in names], timeout=timeout,
+                                     popens=self._popens)
+        killed += stop_processes(self.procs, timeout=timeout, popens=self._popens)  # anything not in `order`
         if remove:
             shutil.rmtree(self.dir, ignore_errors=True)
         elif (self.dir / STATE_FILE).exists():
             (self.dir / STATE_FILE).rename(self.dir / "state.stopped.json")
+        return killed
 
     def running(self) -> dict[str, bool]:
         """Component name -> whether its process is alive."""
@@ -719,17 +725,21 @@ class Prometheus:
 # Command line
 
 
+def _leftovers(root: Path) -> bool:
+    """``root`` holds what a stopped or failed cluster of this module left (and nothing runs there)."""
+    return (root / "logs").is_dir() and any(root.glob("state*.json"))
+
+
 def _cmd_up(args: argparse.Namespace) -> int:
     root = Path(args.dir).resolve()
-    if (root / STATE_FILE).exists():
-        existing = Cluster.attach(root)
-        if any(existing.running().values()):
-            print(f"a cluster is already up in {root}:\n{existing.usage()}")
-            return 1
-        shutil.rmtree(root)  # stale state of a dead cluster
+    if (root / STATE_FILE).exists() and any(Cluster.attach(root).running().values()):
+        print(f"a cluster is already up in {root}:\n{Cluster.attach(root).usage()}")
+        return 1
     if root.exists() and any(root.iterdir()):
-        print(f"{root} exists and is not empty; remove it or pick another --dir", file=sys.stderr)
-        return 2
+        if not _leftovers(root):
+            print(f"{root} exists and is not a cluster folder; remove it or pick another --dir", file=sys.stderr)
+            return 2
+        shutil.rmtree(root)
     print(f"starting the control plane in {root} ...", flush=True)
     try:
         cluster = Cluster.start(root, nodes=args.nodes, timeout=args.timeout)
@@ -747,18 +757,22 @@ def _cmd_down(args: argparse.Namespace) -> int:
     try:
         cluster = Cluster.attach(root)
     except ClusterError:
-        print(f"no cluster in {root}")
+        if _leftovers(root):
+            shutil.rmtree(root)
+            print(f"nothing was running; removed the leftovers in {root}")
+        else:
+            print(f"no cluster in {root}")
         return 0
-    killed = []
-    for names in (["kwok", "kube-scheduler", "kube-controller-manager"], ["kube-apiserver"], ["etcd"], None):
-        procs = [p for p in cluster.procs if names is None or p.name in names]
-        killed += stop_processes(procs, timeout=10)
-    left = [p for p in cluster.procs if _pid_running(p.pid) and _is_ours(p)]
-    if left:
-        print(f"still running: {[(p.name, p.pid) for p in left]}", file=sys.stderr)
-        return 1
-    shutil.rmtree(root, ignore_errors=True)
+    killed = cluster.stop(remove=True)
     extra = f" (SIGKILL needed for {killed})" if killed else ""
+    # The components were orphaned when `up` exited, so init reaps them; wait for that (about 1 s here)
+    # so that no zombie entry is left when this command returns.
+    deadline = time.monotonic() + 5
+    while any(Path(f"/proc/{p.pid}").exists() for p in cluster.procs) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    zombies = [p.pid for p in cluster.procs if Path(f"/proc/{p.pid}").exists()]
+    if zombies:
+        extra += f"; exited but not yet reaped by init: {zombies}"
     print(f"stopped {len(cluster.procs)} processes{extra} and removed {root}")
     return 0
 
