@@ -204,7 +204,7 @@ def _crd(
                 "plural": plural,
                 "singular": singular,
                 "shortNames": short_names,
-                "categories": ["aitask"],
+                "categories": ["aitask-operator"],
             },
             "versions": [
                 {
