@@ -130,8 +130,6 @@ def test_pipeline_runs_in_order_on_the_right_pools(cluster: Cluster, namespace: 
             assert labels[pod["spec"]["nodeName"]].get("aitask.dev/pool") == "cpu", pod["spec"]["nodeName"]
             assert "nvidia.com/gpu" not in pod["spec"]["containers"][0]["resources"].get("limits", {})
     chosen = status["subtasks"][1]["plan"]["class"]
-    product = yaml.safe_load(CLASSES.read_text().split("---")[0]) and None
-    del product
     selector = {d["metadata"]["name"]: d["spec"]["nodeSelector"] for d in yaml.safe_load_all(CLASSES.read_text())}
     assert len(by_sub["inference"]) == 4
     for pod in by_sub["inference"]:

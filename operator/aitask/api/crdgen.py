@@ -148,7 +148,8 @@ def _aitask_spec() -> SchemaDict:
     executor["properties"]["classes"]["minItems"] = 1
     spec["x-kubernetes-validations"] = [
         {
-            "rule": "self.subtasks.all(s, !has(s.dependsOn) || s.dependsOn.all(d, self.subtasks.exists(t, t.name == d)))",
+            "rule": "self.subtasks.all(s, !has(s.dependsOn)"
+            " || s.dependsOn.all(d, self.subtasks.exists(t, t.name == d)))",
             "message": "every subtasks[].dependsOn entry must name a sub-task of this AITask",
             "fieldPath": ".subtasks",
             "reason": "FieldValueInvalid",

@@ -109,6 +109,33 @@ def _signature(d: Demand) -> tuple[object, ...]:
     )
 
 
+class _Fenwick:
+    """Prefix sums with point updates in O(log n) (the plan's per-class running totals)."""
+
+    __slots__ = ("size", "tree")
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.tree = [0.0] * (size + 1)
+
+    def add(self, index: int, value: float) -> None:
+        i = index + 1
+        tree = self.tree
+        while i <= self.size:
+            tree[i] += value
+            i += i & -i
+
+    def prefix(self, end: int) -> float:
+        """Sum of entries [0, end)."""
+        total = 0.0
+        tree = self.tree
+        i = end
+        while i > 0:
+            total += tree[i]
+            i -= i & -i
+        return total
+
+
 class _Cycle:
     def __init__(self, snapshot: Snapshot, params: SchedulerParams) -> None:
         self.snapshot = snapshot
@@ -125,8 +152,15 @@ class _Cycle:
             for name in names:
                 members[name].append(i)
         running_by_class: dict[str, list[Running]] = {}
+        self.backlog: dict[str, float] = {}
         for item in snapshot.running:
             running_by_class.setdefault(item.class_name, []).append(item)
+            cls = self.classes.get(item.class_name)
+            if cls is not None:
+                units = float(item.accelerators) if cls.kind == "gpu" else item.cpu
+                self.backlog[item.class_name] = (
+                    self.backlog.get(item.class_name, 0.0) + max(0.0, item.remaining_seconds) * units
+                )
 
         self.resource: dict[str, str] = {}
         self.is_gpu: dict[str, bool] = {}
@@ -300,52 +334,181 @@ class _Cycle:
         admitted: list[Admission] = []
         deferred: list[Deferral] = []
         policy = self.params.policy
-        for i in self._order(demands, statics):
+        plan: dict[int, int] = {}
+        if policy == Policy.COST:
+            plan, order = self._plan(demands, statics)
+        else:
+            order = self._order(demands, statics)
+        for i in order:
             d = demands[i]
             static = statics[i]
             if not static.feasible:
                 deferred.append(self._no_class(d, static))
                 continue
             waits = [self.timeline[c.name].wait(c.units) for c in static.feasible]
-            if policy == Policy.COST:
-                scores = [_f(c.base, d.time_weight, w) for c, w in zip(static.feasible, waits, strict=True)]
-            else:
+            if policy == Policy.FIFO:
                 scores = [c.runtime + w for c, w in zip(static.feasible, waits, strict=True)]
+            else:
+                scores = [_f(c.base, d.time_weight, w) for c, w in zip(static.feasible, waits, strict=True)]
             if policy == Policy.AGNOSTIC:
                 result = self._agnostic(d, static, waits, scores)
             else:
-                result = self._by_score(d, static, waits, scores)
+                best = plan.get(i)
+                if best is None:
+                    best = min(range(len(scores)), key=lambda j: (scores[j], static.feasible[j].name))
+                result = self._decide(d, static, waits, scores, best, planned=i in plan)
             if isinstance(result, Admission):
                 admitted.append(result)
             else:
                 deferred.append(result)
         return CycleResult(admitted=tuple(admitted), deferred=tuple(deferred))
 
-    def _by_score(
-        self, d: Demand, static: _Static, waits: list[float], scores: list[float]
+    def _weight(self, d: Demand) -> float:
+        """Priority grown by ageing: waiting ``ageing_seconds`` doubles it, so nothing starves."""
+        ageing = self.params.ageing_seconds
+        waited = max(0.0, self.snapshot.now - d.ready_since)
+        return d.priority * (1.0 + waited / ageing) if ageing > 0 else d.priority
+
+    def _plan(self, demands: Sequence[Demand], statics: Sequence[_Static]) -> tuple[dict[int, int], list[int]]:
+        """Assign every ready demand to a class so the queue's total weighted F is least.
+
+        Model (fluid, per class k with m units and admitted backlog B): the demands
+        assigned to k run in Smith order of ``v / (u * T)`` (v = weight * alpha, u = units),
+        each starting after ``B/m`` plus the work of those before it over m. The marginal
+        cost of putting demand j on k is then its own ``v*(B/m + T) + beta*C + penalty``
+        plus the delay it imposes on the demands queued behind it, ``u*T/m * sum(v behind)``.
+        Demands are inserted from the back of the queue (lowest Smith ratio first) at their
+        least marginal cost, then one improvement pass moves any demand whose marginal cost
+        is lower elsewhere. Fenwick trees over each class's Smith order give the sums in
+        O(log n), so the plan costs O(demands x candidate classes x log demands).
+
+        Returns the chosen option index per demand and the admission order (Smith ratio on
+        the planned class, highest first).
+        """
+        limit = max(1, self.params.plan_candidates)
+        weights: list[float] = [0.0] * len(demands)
+        candidates: list[list[int]] = [[] for _ in demands]
+        members: dict[str, list[tuple[float, int, int]]] = {}
+        for i, d in enumerate(demands):
+            feasible = statics[i].feasible
+            if not feasible:
+                continue
+            weights[i] = self._weight(d) * d.time_weight
+            ranked = sorted(range(len(feasible)), key=lambda j: (feasible[j].base, feasible[j].name))
+            candidates[i] = ranked[:limit]
+            for j in candidates[i]:
+                c = feasible[j]
+                work = c.units * c.runtime
+                ratio = weights[i] / work if work > 0 else math.inf
+                members.setdefault(c.name, []).append((-ratio, i, j))
+        trees: dict[str, tuple[_Fenwick, _Fenwick]] = {}
+        position: dict[tuple[int, str], int] = {}
+        offset: dict[str, float] = {}
+        units: dict[str, float] = {}
+        totals: dict[str, float] = {}
+        for name, entries in members.items():
+            entries.sort(key=lambda e: (e[0], demands[e[1]].arrival, e[1]))
+            for rank, (_, i, _) in enumerate(entries):
+                position[(i, name)] = rank
+            trees[name] = (_Fenwick(len(entries)), _Fenwick(len(entries)))
+            m = self.capacity[name].units
+            units[name] = m if m > 0 else 1.0
+            offset[name] = self.backlog.get(name, 0.0) / units[name]
+            totals[name] = 0.0
+
+        def marginal(i: int, j: int) -> float:
+            c = statics[i].feasible[j]
+            v = weights[i]
+            work_tree, weight_tree = trees[c.name]
+            rank = position[(i, c.name)]
+            m = units[c.name]
+            ahead = work_tree.prefix(rank)
+            behind = totals[c.name] - weight_tree.prefix(rank + 1)
+            extra = c.base - demands[i].time_weight * c.runtime  # beta*C + penalty
+            return v * (offset[c.name] + c.runtime) + extra + (v * ahead + c.units * c.runtime * behind) / m
+
+        def put(i: int, j: int, sign: float) -> None:
+            c = statics[i].feasible[j]
+            work_tree, weight_tree = trees[c.name]
+            rank = position[(i, c.name)]
+            work_tree.add(rank, sign * c.units * c.runtime)
+            weight_tree.add(rank, sign * weights[i])
+            totals[c.name] += sign * weights[i]
+
+        def best_of(i: int) -> tuple[float, int]:
+            best_cost, _, best_j = min((marginal(i, j), statics[i].feasible[j].name, j) for j in candidates[i])
+            return best_cost, best_j
+
+        planned = [i for i in range(len(demands)) if candidates[i]]
+
+        def global_ratio(i: int) -> float:
+            c = statics[i].feasible[candidates[i][0]]
+            work = c.units * c.runtime
+            return weights[i] / work if work > 0 else math.inf
+
+        # Back of the queue first: lowest Smith ratio on its best class.
+        planned.sort(key=lambda i: (global_ratio(i), -demands[i].arrival, -i))
+        plan: dict[int, int] = {}
+        for i in planned:
+            _, j = best_of(i)
+            plan[i] = j
+            put(i, j, 1.0)
+        for _ in range(self.params.plan_passes):
+            moved = False
+            for i in planned:
+                if len(candidates[i]) < 2:
+                    continue
+                j = plan[i]
+                put(i, j, -1.0)
+                current = marginal(i, j)
+                cost_best, k = best_of(i)
+                if k != j and cost_best < current - 1e-9 * max(1.0, abs(current)):
+                    j = k
+                    moved = True
+                plan[i] = j
+                put(i, j, 1.0)
+            if not moved:
+                break
+
+        def admission_key(i: int) -> tuple[float, float, float, str, int]:
+            c = statics[i].feasible[plan[i]]
+            work = c.units * c.runtime
+            ratio = weights[i] / work if work > 0 else math.inf
+            d = demands[i]
+            return (-ratio, d.arrival, d.ready_since, str(d.key), d.attempt)
+
+        order = sorted(planned, key=admission_key)
+        order += [i for i in range(len(demands)) if not candidates[i]]
+        return plan, order
+
+    def _decide(
+        self, d: Demand, static: _Static, waits: list[float], scores: list[float], best: int, *, planned: bool
     ) -> Admission | Deferral:
-        best = min(range(len(scores)), key=lambda j: (scores[j], static.feasible[j].name))
         choice = static.feasible[best]
         wait = waits[best]
-        options = self._options(d, static, waits, scores)
+        options = self._options(d, static, waits, scores, first=best)
         if wait <= _EPS:
             placed, fitted = self._place(choice.name, choice.request, d.pods)
             if placed:
                 self._book(choice, placed)
-                return self._admission(d, choice, placed, options)
+                return self._admission(d, choice, placed, options, planned=planned)
             if self.params.lookahead:
                 self.timeline[choice.name].reserve(choice.units, choice.runtime)
             return self._capacity_deferral(d, choice, options, fitted)
         if self.params.lookahead and wait < math.inf:
             self.timeline[choice.name].reserve(choice.units, choice.runtime)
+        why = (
+            "the plan for the whole queue finishes sooner this way" + (" or cheaper" if d.cost_weight > 0 else "")
+            if planned
+            else "it still finishes sooner than on any class free now"
+        )
         return Deferral(
             key=d.key,
             attempt=d.attempt,
             reason=INSUFFICIENT_CAPACITY,
             message=(
                 f"waiting for {choice.name}: expected wait {_secs(wait)} then {_secs(choice.runtime)} "
-                f"({choice.source}); it still finishes sooner{' or cheaper' if d.cost_weight > 0 else ''} "
-                f"than any class free now"
+                f"({choice.source}); {why}"
             ),
             best=options[0],
             alternatives=tuple(options[1:]),
@@ -392,10 +555,12 @@ class _Cycle:
 
     # ------------------------------------------------------------------ decisions
 
-    def _options(self, d: Demand, static: _Static, waits: list[float], scores: list[float]) -> list[Option]:
-        """Options in the policy's order (``scores``); each carries F whatever the policy."""
+    def _options(
+        self, d: Demand, static: _Static, waits: list[float], scores: list[float], first: int | None = None
+    ) -> list[Option]:
+        """Options in the policy's order (``scores``), ``first`` leading; each carries F whatever the policy."""
         alpha = d.time_weight
-        order = sorted(range(len(scores)), key=lambda j: (scores[j], static.feasible[j].name))
+        order = sorted(range(len(scores)), key=lambda j: (j != first, scores[j], static.feasible[j].name))
         limit = max(1, self.params.max_alternatives + 1)
         options = []
         for j in order[:limit]:
@@ -416,7 +581,9 @@ class _Cycle:
         options.extend(static.infeasible[:room])
         return options
 
-    def _admission(self, d: Demand, choice: _Choice, placed: list[int], options: list[Option]) -> Admission:
+    def _admission(
+        self, d: Demand, choice: _Choice, placed: list[int], options: list[Option], *, planned: bool = False
+    ) -> Admission:
         chosen = options[0]
         runner_up = next((o for o in options[1:] if o.feasible), None)
         why = (

@@ -150,6 +150,8 @@ class SchedulerParams:
     low_gpu_util_percent: float = 30.0  # right-sizing: learned GPU utilisation under this is "oversized"
     rightsizing_penalty: float = 0.5  # F += this * shortfall * (alpha*T + beta*C) on a pricier class
     lookahead: bool = True  # cost/fifo: a demand waiting for a busy class holds its place there
+    plan_candidates: int = 4  # cost: classes (lowest static F first) the queue plan considers per demand
+    plan_passes: int = 1  # cost: improvement passes of the queue plan after the greedy insertion
 
 
 @dataclass(frozen=True)
