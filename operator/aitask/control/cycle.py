@@ -27,7 +27,9 @@ from aitask.api.v1alpha1 import (
     Learned,
     Plan,
     ResourceTotals,
+    SubtaskMetrics,
     SubtaskPhase,
+    TaskMetrics,
     TaskPhase,
 )
 from aitask.build.jobs import build_job, job_name
@@ -72,6 +74,10 @@ class ClusterView:
     pods: Sequence[PodView]  # every pod bound to a node, plus our unbound ones
     nodes: Sequence[Mapping[str, Any]]  # Node bodies
     classes: Sequence[Mapping[str, Any]]  # ExecutorClass bodies
+    # GPU use sampled from Prometheus: (namespace, task, subtask) -> status.subtasks[].metrics
+    gpu_usage: Mapping[tuple[str, str, str], Mapping[str, Any]] = field(default_factory=dict)
+    telemetry: str = "disabled"  # disabled | ok | unavailable
+    telemetry_message: str = ""
 
 
 @dataclass(frozen=True)
@@ -92,7 +98,7 @@ class CycleStats:
     pending_by_class: Mapping[str, int]
     waits: tuple[tuple[str, float], ...]  # (class, seconds from ready to admission) for this cycle's admissions
     observations: tuple[tuple[str, str, float, float | None, float | None], ...]
-    # (namespace, class, actual s, estimated s, actual cost) per finished attempt
+    # (namespace, class, actual s, estimated s, average GPU utilisation %) per finished attempt
 
 
 @dataclass(frozen=True)
@@ -281,6 +287,57 @@ def _plan(
     )
 
 
+def _with_usage(st: Any, view: ClusterView, task: AITask) -> Any:
+    usage = view.gpu_usage.get((task.metadata.namespace or "", task.metadata.name, st.name))
+    if usage is None or st.phase != SubtaskPhase.RUNNING:
+        return st
+    return st.model_copy(update={"metrics": SubtaskMetrics.model_validate(dict(usage))})
+
+
+def _task_metrics(subtasks: Sequence[Any]) -> TaskMetrics | None:
+    """Task-level GPU use: the mean of the sub-tasks' averages, the max of their peaks."""
+    sampled = [s.metrics for s in subtasks if s.metrics is not None]
+    if not sampled:
+        return None
+    avgs = [m.gpu_util_avg for m in sampled if m.gpu_util_avg is not None]
+    peaks = [m.gpu_util_max for m in sampled if m.gpu_util_max is not None]
+    mems = [m.gpu_memory_used_max_bytes for m in sampled if m.gpu_memory_used_max_bytes is not None]
+    return TaskMetrics(
+        gpu_util_avg=round(sum(avgs) / len(avgs), 1) if avgs else None,
+        gpu_util_max=max(peaks) if peaks else None,
+        gpu_memory_used_max_bytes=max(mems) if mems else None,
+    )
+
+
+def _telemetry_condition(
+    conds: Sequence[Any], view: ClusterView, now: datetime, gen: int | None, *, active: bool
+) -> list[Any]:
+    """MetricsUnavailable says, on tasks with running work, that GPU feedback is degraded; nothing waits on it."""
+    if view.telemetry == "unavailable" and active:
+        out, _ = cond.set_condition(
+            conds,
+            type_=ConditionType.METRICS_UNAVAILABLE,
+            status=True,
+            reason=Reason.PROMETHEUS_UNREACHABLE,
+            message=f"GPU utilisation is not being sampled: {view.telemetry_message}",
+            now=now,
+            generation=gen,
+        )
+        return out
+    if view.telemetry == "ok" and cond.get_condition(conds, ConditionType.METRICS_UNAVAILABLE) is not None:
+        out, _ = cond.set_condition(
+            conds,
+            type_=ConditionType.METRICS_UNAVAILABLE,
+            status=False,
+            reason=Reason.PROMETHEUS_OK,
+            message="Prometheus answers again",
+            now=now,
+            generation=gen,
+        )
+        return out
+    return list(conds)
+
+
 def run_cycle(view: ClusterView, params: CycleParams, now: datetime) -> CycleOutcome:
     """Decide everything one cycle does; see the module docstring for the steps."""
     warnings: list[str] = []
@@ -341,9 +398,16 @@ def run_cycle(view: ClusterView, params: CycleParams, now: datetime) -> CycleOut
                     work_units=obs.work_units,
                     estimated_seconds=obs.estimated_seconds,
                     learning_rate=params.learning_rate,
+                    gpu_util=obs.gpu_util,
                 )
                 observed_stats.append(
-                    (tasks[key].metadata.namespace or "", obs.class_name, obs.seconds, obs.estimated_seconds, None)
+                    (
+                        tasks[key].metadata.namespace or "",
+                        obs.class_name,
+                        obs.seconds,
+                        obs.estimated_seconds,
+                        obs.gpu_util,
+                    )
                 )
             learned_changed.add(obs.class_name)
 
@@ -491,7 +555,7 @@ def run_cycle(view: ClusterView, params: CycleParams, now: datetime) -> CycleOut
             subs[sub_name] = prev.model_copy(update={"plan": preview, "message": dfr.message})
             cls_name = dfr.best.class_name if dfr.best else "none"
             pending_by_class[cls_name] = pending_by_class.get(cls_name, 0) + 1
-        ordered = [subs[s.name] for s in task.spec.subtasks]
+        ordered = [_with_usage(st, view, task) for st in (subs[s.name] for s in task.spec.subtasks)]
         planned_all = all(
             s.plan is not None and s.plan.class_name
             for s in ordered
@@ -537,6 +601,7 @@ def run_cycle(view: ClusterView, params: CycleParams, now: datetime) -> CycleOut
                 now=now,
                 generation=gen,
             )
+        conds = _telemetry_condition(conds, view, now, gen, active=bool(running_now))
         est = [s.plan.estimated_cost for s in ordered if s.plan]
         new = status.model_copy(
             update={
@@ -545,6 +610,7 @@ def run_cycle(view: ClusterView, params: CycleParams, now: datetime) -> CycleOut
                 "phase": phase,
                 "estimated_cost": round(sum(est), 6) if est else status.estimated_cost,
                 "start_time": status.start_time or (now if running_now else None),
+                "metrics": _task_metrics(ordered) or status.metrics,
             }
         )
         ns = task.metadata.namespace or ""

@@ -72,6 +72,7 @@ class Observation:
     work_units: float
     estimated_seconds: float | None
     oom: bool
+    gpu_util: float | None = None  # last sampled average GPU utilisation of the attempt, percent
 
 
 @dataclass(frozen=True)
@@ -214,6 +215,7 @@ def derive(
                                 work_units=sub.work.units,
                                 estimated_seconds=plan.estimated_seconds if plan else None,
                                 oom=False,
+                                gpu_util=st.metrics.gpu_util_avg if st.metrics else None,
                             )
                         )
                         attempt = _upd(attempt, learned=True)

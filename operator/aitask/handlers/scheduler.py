@@ -11,7 +11,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -20,6 +20,7 @@ from kubernetes.client.exceptions import ApiException
 
 from aitask import metrics
 from aitask.adapters import kube
+from aitask.adapters.prom import PrometheusClient, PrometheusUnavailable, pod_regex_for_pods
 from aitask.api.v1alpha1 import GROUP, VERSION
 from aitask.control.cycle import ClusterView, CycleOutcome, CycleParams, run_cycle
 from aitask.core.observed import LABEL_TASK, JobView, PodView
@@ -46,6 +47,77 @@ class Engine:
     pending: asyncio.Task[None] | None = None
     written: dict[str, tuple[float, str, dict[str, Any]]] = field(default_factory=dict)
     counted: set[str] = field(default_factory=set)  # finished attempts already in the metrics
+    # GPU feedback: sampled in the background so a slow Prometheus never delays a cycle.
+    gpu_usage: dict[tuple[str, str, str], dict[str, Any]] = field(default_factory=dict)
+    telemetry: str = "disabled"
+    telemetry_message: str = ""
+    last_sample: float = 0.0
+    sampler: asyncio.Task[None] | None = None
+    prom: PrometheusClient | None = None
+
+    def __post_init__(self) -> None:
+        if self.settings.prometheus_url:
+            self.prom = PrometheusClient(
+                self.settings.prometheus_url,
+                self.settings.prometheus_timeout_seconds,
+                observer=lambda op, seconds, ok: metrics.observe_api_request("prometheus", op, seconds, ok),
+            )
+
+    def _gpu_targets(self, view: ClusterView, now: datetime) -> list[tuple[tuple[str, str, str], list[str], float]]:
+        """Running GPU attempts, their pods and how far back to look."""
+        pods_by_job: dict[tuple[str, str], list[str]] = {}
+        for pod in view.pods:
+            if pod.job:
+                pods_by_job.setdefault((pod.namespace, pod.job), []).append(pod.name)
+        out = []
+        for body in view.tasks:
+            meta = body.get("metadata", {})
+            for sub in (body.get("status") or {}).get("subtasks") or []:
+                plan = sub.get("plan") or {}
+                if sub.get("phase") != "Running" or not plan.get("accelerators") or not sub.get("job"):
+                    continue
+                pods = pods_by_job.get((meta.get("namespace", ""), sub["job"]), [])
+                if not pods:
+                    continue
+                started = sub.get("startTime")
+                elapsed = (
+                    (now - datetime.fromisoformat(started.replace("Z", "+00:00"))).total_seconds() if started else 60
+                )
+                window = min(3600.0, max(30.0, elapsed))
+                out.append(((meta.get("namespace", ""), meta.get("name", ""), sub["name"]), pods, window))
+        return out
+
+    async def _sample(self, targets: list[tuple[tuple[str, str, str], list[str], float]]) -> None:
+        if self.prom is None:
+            return
+        try:
+            for key, pods, window in targets:
+                usage = await self.prom.call_async(self.prom.get_gpu_usage, key[0], pod_regex_for_pods(pods), window)
+                if usage is not None:
+                    self.gpu_usage[key] = usage.as_status()
+        except PrometheusUnavailable as err:
+            if self.telemetry != "unavailable":
+                log.warning("GPU feedback degraded: Prometheus unavailable: %s", err)
+            self.telemetry, self.telemetry_message = "unavailable", str(err)
+            metrics.record_prometheus_up(False)
+            return
+        if self.telemetry == "unavailable":
+            log.info("GPU feedback recovered: Prometheus answers again")
+        self.telemetry, self.telemetry_message = "ok", ""
+        metrics.record_prometheus_up(True)
+
+    def maybe_sample(self, view: ClusterView, now: datetime) -> None:
+        if self.prom is None or (self.sampler is not None and not self.sampler.done()):
+            return
+        if time.monotonic() - self.last_sample < self.settings.prometheus_period_seconds:
+            return
+        self.last_sample = time.monotonic()
+        targets = self._gpu_targets(view, now)
+        live = {key for key, _, _ in targets}
+        for key in list(self.gpu_usage):
+            if key not in live:
+                del self.gpu_usage[key]  # finished attempts keep their last sample in status already
+        self.sampler = asyncio.create_task(self._sample(targets))
 
     def params(self) -> CycleParams:
         s = self.settings
@@ -91,6 +163,10 @@ class Engine:
                 classes=_values(indexes["executorclass_index"]),
             )
             now = datetime.now(UTC)
+            self.maybe_sample(view, now)
+            view = replace(
+                view, gpu_usage=dict(self.gpu_usage), telemetry=self.telemetry, telemetry_message=self.telemetry_message
+            )
             outcome = await asyncio.to_thread(run_cycle, view, self.params(), now)
             await self.apply(outcome)
             duration = time.perf_counter() - start
@@ -100,9 +176,11 @@ class Engine:
                 metrics.record_queue_wait(cls_name, wait)
             metrics.record_cycle(duration, admitted, outcome.stats.pending_by_class)
             metrics.record_task_phases(outcome.stats.tasks_by_phase)
-            for _namespace, cls_name, actual, estimated, _cost in outcome.stats.observations:
+            for _namespace, cls_name, actual, estimated, gpu_util in outcome.stats.observations:
                 if estimated:
                     metrics.record_runtime(cls_name, estimated, actual)
+                if gpu_util is not None:
+                    metrics.record_gpu_utilization(cls_name, gpu_util)
             for warning in outcome.warnings:
                 log.warning("%s", warning)
             if outcome.stats.admitted or any(t.status for t in outcome.tasks):
@@ -167,7 +245,6 @@ class Engine:
                 metrics.record_attempt(namespace, attempt.get("class", ""), str(result))
                 if attempt.get("actualCost") is not None:
                     metrics.record_cost(namespace, attempt.get("class", ""), 0.0, attempt["actualCost"])
-
 
 
 def engine(memo: kopf.Memo) -> Engine:
