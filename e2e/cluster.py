@@ -138,12 +138,17 @@ def _is_ours(proc: Proc) -> bool:
         return False
 
 
-def _spawn(name: str, argv: Sequence[str], log_dir: Path, popens: dict[int, subprocess.Popen[bytes]],
-           env: Mapping[str, str] | None = None) -> Proc:
+def _spawn(name: str, argv: Sequence[str], log_dir: Path, popens: dict[int, subprocess.Popen[bytes]], *,
+           detached: bool = False) -> Proc:
+    """Starts ``argv`` in a new session, logging to ``log_dir/<name>.log``. Unless ``detached``, the process
+    gets SIGTERM when its parent dies (``setpriv --pdeathsig``, util-linux), so a killed pytest run
+    leaves no control plane behind; the PID stays the same because setpriv execs the binary."""
     log_path = log_dir / f"{name}.log"
+    setpriv = shutil.which("setpriv")
+    command = list(argv) if detached or not setpriv else [setpriv, "--pdeathsig", "TERM", "--", *argv]
     with open(log_path, "ab") as log:
-        popen = subprocess.Popen(list(argv), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                 start_new_session=True, env=dict(env) if env is not None else None)
+        popen = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                 start_new_session=True)
     popens[popen.pid] = popen
     return Proc(name=name, pid=popen.pid, exe=str(argv[0]), log=str(log_path))
 
@@ -304,6 +309,7 @@ class Cluster:
     node_names: list[str]
     startup_seconds: float = 0.0
     timings: dict[str, float] = field(default_factory=dict)
+    detached: bool = False
     _popens: dict[int, subprocess.Popen[bytes]] = field(default_factory=dict, repr=False)
 
     # ---- lifecycle ------------------------------------------------------------------------------------
@@ -311,11 +317,13 @@ class Cluster:
     @classmethod
     def start(cls, dir: Path | str | None = None, *, nodes: Path | str = NODES_YAML,
               stages: Sequence[Path | str] = (STAGES_YAML,), bin_dir: Path | None = None,
-              timeout: float = 180.0) -> Cluster:
+              timeout: float = 180.0, detached: bool = False) -> Cluster:
         """Starts etcd, kube-apiserver, kube-controller-manager, kube-scheduler and kwok in ``dir`` (a new
         temporary folder when None), creates the nodes of ``nodes`` and returns once every one of them is
         Ready and untainted by the node lifecycle controller and ``default/default`` ServiceAccount exists.
-        On failure everything started is stopped and ClusterError carries the component log tails."""
+        On failure everything started is stopped and ClusterError carries the component log tails.
+
+        The components die with the calling thread's process unless ``detached`` (what ``up`` uses)."""
         t0 = time.monotonic()
         deadline = t0 + timeout
         root = Path(tempfile.mkdtemp(prefix="aitask-e2e-")) if dir is None else Path(dir).resolve()
@@ -332,7 +340,8 @@ class Cluster:
         server = f"https://127.0.0.1:{ports['kube-apiserver']}"
         node_docs = [d for d in yaml.safe_load_all(Path(nodes).read_text()) if d]
         cluster = cls(dir=root, bin_dir=bins, kubeconfig=root / "kubeconfig", server=server, token="",
-                      ports=ports, procs=[], node_names=[d["metadata"]["name"] for d in node_docs])
+                      ports=ports, procs=[], node_names=[d["metadata"]["name"] for d in node_docs],
+                      detached=detached)
         try:
             cluster._boot(Path(nodes), [Path(s) for s in stages], pki, logs, run, t0, deadline)
         except BaseException as exc:
@@ -361,7 +370,7 @@ class Cluster:
             f"--initial-cluster=e2e={peer_url}", "--unsafe-no-fsync=true", "--log-level=warn",
             "--quota-backend-bytes=8589934592", "--auto-compaction-mode=periodic",
             "--auto-compaction-retention=5m",
-        ], logs, self._popens))
+        ], logs, self._popens, detached=self.detached))
         self.token = _write_pki(pki)  # overlaps with etcd's start
         ca = pki / "ca.pem"
         self.kubeconfig.write_text(kubeconfig_text(self.server, ca, self.token))
@@ -393,7 +402,7 @@ class Cluster:
             "--requestheader-group-headers=X-Remote-Group", "--requestheader-extra-headers-prefix=X-Remote-Extra-",
             f"--proxy-client-cert-file={pki / 'front-proxy-client.pem'}",
             f"--proxy-client-key-file={pki / 'front-proxy-client-key.pem'}",
-        ], logs, self._popens))
+        ], logs, self._popens, detached=self.detached))
         ctx = ssl.create_default_context(cafile=str(ca))
         poll_until("kube-apiserver /readyz",
                    lambda: _http_ok(f"{self.server}/readyz", context=ctx, token=self.token), deadline,
@@ -411,19 +420,19 @@ class Cluster:
             f"--service-account-private-key-file={pki / 'sa.key'}", f"--root-ca-file={ca}",
             f"--cluster-signing-cert-file={ca}", f"--cluster-signing-key-file={pki / 'ca-key.pem'}",
             f"--service-cluster-ip-range={SERVICE_CIDR}",
-        ], logs, self._popens))
+        ], logs, self._popens, detached=self.detached))
         self._add(_spawn("kube-scheduler", [
             str(b / "kube-scheduler"), *common, f"--secure-port={p['kube-scheduler']}",
             f"--kubeconfig={sched_kc}", f"--authentication-kubeconfig={sched_kc}",
             f"--authorization-kubeconfig={sched_kc}", f"--cert-dir={run / 'scheduler-certs'}",
-        ], logs, self._popens))
+        ], logs, self._popens, detached=self.detached))
         stage_files = [b / "kwok-stages" / s for s in STOCK_STAGES] + stages
         self._add(_spawn("kwok", [
             str(b / "kwok"), f"--kubeconfig={self.kubeconfig}",
             "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
             "--node-lease-duration-seconds=40", f"--cidr={POD_CIDR}", "--node-ip=10.255.0.1",
             *[f"--config={f}" for f in stage_files],
-        ], logs, self._popens))
+        ], logs, self._popens, detached=self.detached))
         self.kubectl("create", "-f", str(nodes))
 
         insecure = _insecure_context()
@@ -742,7 +751,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
         shutil.rmtree(root)
     print(f"starting the control plane in {root} ...", flush=True)
     try:
-        cluster = Cluster.start(root, nodes=args.nodes, timeout=args.timeout)
+        cluster = Cluster.start(root, nodes=args.nodes, timeout=args.timeout, detached=True)
     except ClusterError as err:
         print(f"FAILED: {err}", file=sys.stderr)
         return 1
