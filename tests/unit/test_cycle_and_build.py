@@ -1,0 +1,259 @@
+"""One scheduling cycle from recorded inputs, the Job builder, conditions and the generated CRDs."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from aitask.api import v1alpha1 as api
+from aitask.api.crdgen import aitask_crd, all_crds, executorclass_crd
+from aitask.build.jobs import MAX_NAME, build_job, job_name
+from aitask.control.cycle import ClusterView, CycleParams, parse_task, run_cycle
+from aitask.core.conditions import set_condition
+from aitask.core.observed import PodView
+
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def node(name: str, *, gpus: int = 0, product: str | None = None, cpu: str = "32") -> dict[str, Any]:
+    labels = {"kubernetes.io/hostname": name}
+    if product:
+        labels["nvidia.com/gpu.product"] = product
+    else:
+        labels["aitask.dev/pool"] = "cpu"
+    alloc = {"cpu": cpu, "memory": "256Gi", "pods": "110"}
+    if gpus:
+        alloc["nvidia.com/gpu"] = str(gpus)
+    return {"metadata": {"name": name, "labels": labels}, "spec": {},
+            "status": {"allocatable": alloc, "conditions": [{"type": "Ready", "status": "True"}]}}
+
+
+CLASSES = [
+    {"metadata": {"name": "fast", "generation": 1},
+     "spec": {"nodeSelector": {"nvidia.com/gpu.product": "FAST"}, "accelerator": {"model": "FAST", "memoryGiB": 80},
+              "price": {"acceleratorHour": 4.0}, "speed": {"default": 2.0}}},
+    {"metadata": {"name": "cheap", "generation": 1},
+     "spec": {"nodeSelector": {"nvidia.com/gpu.product": "CHEAP"}, "accelerator": {"model": "CHEAP", "memoryGiB": 24},
+              "price": {"acceleratorHour": 0.5}, "speed": {"default": 0.5}}},
+    {"metadata": {"name": "cpu", "generation": 1},
+     "spec": {"nodeSelector": {"aitask.dev/pool": "cpu"}, "price": {"cpuHour": 0.04}}},
+]
+NODES = [node("f1", gpus=4, product="FAST"), node("c1", gpus=4, product="CHEAP"), node("p1")]
+
+
+def body(name: str, subtasks: list[dict[str, Any]], status: dict[str, Any] | None = None,
+         **spec: Any) -> dict[str, Any]:
+    return {"apiVersion": "aitask.dev/v1alpha1", "kind": "AITask",
+            "metadata": {"name": name, "namespace": "ns", "uid": f"uid-{name}", "generation": 1,
+                         "creationTimestamp": "2026-01-01T00:00:00Z", "resourceVersion": "1"},
+            "spec": {"subtasks": subtasks, **spec}, "status": status or {}}
+
+
+GPU_STEP = {"name": "train", "type": "training", "image": "r/train:1", "executor": {"accelerators": 1},
+            "estimate": {"seconds": 600, "onClass": "fast"}}
+
+
+def cycle(tasks: list[dict[str, Any]], pods: list[PodView] | None = None, **view: Any) -> Any:
+    return run_cycle(ClusterView(tasks=tasks, jobs=[], pods=pods or [], nodes=NODES, classes=CLASSES, **view),
+                     CycleParams(), NOW)
+
+
+@pytest.mark.parametrize(
+    ("objective", "expected"),
+    [({"timeWeight": 1.0, "costWeight": 0.0}, "fast"), ({"timeWeight": 0.0001, "costWeight": 100.0}, "cheap")],
+    ids=["time", "cost"],
+)
+def test_cycle_admits_on_the_class_the_objective_prefers(objective: dict[str, float], expected: str) -> None:
+    out = cycle([body("t", [GPU_STEP], objective=objective)])
+    (task,) = out.tasks
+    (manifest,) = task.create_jobs
+    assert manifest["metadata"]["name"] == "t-train-1"
+    assert manifest["metadata"]["labels"]["aitask.dev/class"] == expected
+    assert task.status is not None
+    plan = task.status["subtasks"][0]["plan"]
+    assert plan["class"] == expected
+    assert {a["class"] for a in plan["alternatives"]} >= {"fast", "cheap"} - {expected}
+    assert [e.reason for e in task.events] == ["AttemptStarted"]
+    assert out.stats.admitted == 1
+
+
+def test_cycle_is_idempotent_once_its_status_is_written() -> None:
+    first = cycle([body("t", [GPU_STEP])])
+    written = first.tasks[0].status
+    second = cycle([body("t", [GPU_STEP], status=written)])
+    # Nothing new to write or create: the attempt is waiting for its Job to show up (grace period).
+    assert second.tasks[0].create_jobs == ()
+    assert second.tasks[0].status is None
+    assert second.tasks[0].events == ()
+
+
+def test_invalid_task_gets_invalid_spec_once_naming_the_field() -> None:
+    bad = body("bad", [{"name": "a", "image": "x", "dependsOn": ["b"]},
+                       {"name": "b", "image": "x", "dependsOn": ["a"]}])
+    out = cycle([bad])
+    (task,) = out.tasks
+    assert task.status is not None
+    assert task.status["phase"] == "Invalid"
+    cond = task.status["conditions"][0]
+    assert cond["type"] == "InvalidSpec"
+    assert cond["reason"] == "DependencyCycle"
+    assert "spec.subtasks[].dependsOn" in cond["message"]
+    assert [e.reason for e in task.events] == ["InvalidSpec"]
+    again = cycle([{**bad, "status": task.status}])
+    assert again.tasks[0].status is None
+    assert again.tasks[0].events == ()
+
+
+def test_parse_task_names_the_field_of_a_schema_error() -> None:
+    task, message = parse_task(body("x", [{"name": "a", "image": "x", "executor": {"cpu": "lots"}}]))
+    assert task is None
+    assert message.startswith("spec.subtasks[0].executor.cpu:")
+
+
+def test_capacity_held_by_other_pods_defers_with_the_reason() -> None:
+    hog = PodView(namespace="other", name="hog", job="", node="f1", phase="Running", terminated_reason="",
+                  exit_code=None, disruption_reason="", deleting=False, requests={"nvidia.com/gpu": "4"})
+    step = {**GPU_STEP, "executor": {"accelerators": 4, "classes": ["fast"]}}
+    out = cycle([body("t", [step])], pods=[hog])
+    (task,) = out.tasks
+    assert task.create_jobs == ()
+    assert task.status is not None
+    planned = next(c for c in task.status["conditions"] if c["type"] == "Planned")
+    assert planned["status"] == "False"
+    assert planned["reason"] == "WaitingForCapacity"
+    assert out.stats.pending_by_class == {"fast": 1}
+
+
+def test_gpu_usage_and_telemetry_state_reach_status() -> None:
+    first = cycle([body("t", [GPU_STEP])]).tasks[0].status
+    usage = {("ns", "t", "train"): {"gpuUtilAvg": 42.0, "gpuUtilMax": 90.0}}
+    out = cycle([body("t", [GPU_STEP], status=first)], gpu_usage=usage, telemetry="unavailable",
+                telemetry_message="connection refused")
+    status = out.tasks[0].status
+    assert status is not None
+    assert status["subtasks"][0]["metrics"]["gpuUtilAvg"] == 42.0
+    assert status["metrics"]["gpuUtilMax"] == 90.0
+    cond = next(c for c in status["conditions"] if c["type"] == "MetricsUnavailable")
+    assert cond["status"] == "True"
+    assert "connection refused" in cond["message"]
+
+
+# ----------------------------------------------------------------------------------------- build
+
+
+@given(st.from_regex(r"[a-z][a-z0-9-]{0,60}[a-z0-9]", fullmatch=True),
+       st.from_regex(r"[a-z][a-z0-9-]{0,38}[a-z0-9]", fullmatch=True), st.integers(1, 999))
+def test_job_names_are_deterministic_valid_and_short(task: str, sub: str, attempt: int) -> None:
+    name = job_name(task, sub, attempt)
+    assert name == job_name(task, sub, attempt)
+    assert len(name) <= MAX_NAME
+    assert name.endswith(f"-{attempt}")
+    assert name[0].isalnum()
+    assert job_name(task, sub, attempt + 1) != name
+
+
+def test_build_job_carries_resources_affinity_tolerations_and_owner() -> None:
+    t = api.AITask.model_validate(body("t", [{**GPU_STEP, "parallelism": 4,
+                                              "podMetadata": {"annotations": {"a": "b"}}}]))
+    ec = api.ExecutorClassSpec.model_validate({
+        "nodeSelector": {"nvidia.com/gpu.product": "FAST"},
+        "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+        "accelerator": {"model": "FAST", "memoryGiB": 80}})
+    manifest = build_job(t, t.spec.subtasks[0], attempt=2, class_name="fast", executor_class=ec,
+                         nodes=("f1", "f1", "f2", "f2"), accelerators=1, cpu=4, memory=16 * 2**30,
+                         estimated_seconds=300, ttl_seconds=60)
+    spec = manifest["spec"]
+    pod = spec["template"]["spec"]
+    assert manifest["metadata"]["ownerReferences"][0]["uid"] == "uid-t"
+    assert spec["backoffLimit"] == 0
+    assert spec["completionMode"] == "Indexed"
+    assert spec["parallelism"] == 4
+    assert spec["ttlSecondsAfterFinished"] == 60
+    res = pod["containers"][0]["resources"]
+    assert res["limits"]["nvidia.com/gpu"] == "1"
+    assert res["requests"] == {"cpu": "4", "memory": "16Gi", "nvidia.com/gpu": "1"}
+    required = pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    assert required["nodeSelectorTerms"][0]["matchExpressions"] == [
+        {"key": "nvidia.com/gpu.product", "operator": "In", "values": ["FAST"]}]
+    preferred = pod["affinity"]["nodeAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"][0]
+    assert preferred["preference"]["matchExpressions"][0]["values"] == ["f1", "f2"]
+    assert pod["tolerations"][0]["key"] == "nvidia.com/gpu"
+    assert spec["template"]["metadata"]["annotations"] == {"a": "b"}
+    assert spec["template"]["metadata"]["labels"]["aitask.dev/attempt"] == "2"
+    env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
+    assert env["AITASK_CLASS"] == "fast"
+    again = build_job(t, t.spec.subtasks[0], attempt=2, class_name="fast", executor_class=ec,
+                      nodes=("f1", "f1", "f2", "f2"), accelerators=1, cpu=4, memory=16 * 2**30,
+                      estimated_seconds=300, ttl_seconds=60)
+    assert again == manifest
+
+
+# ------------------------------------------------------------------------------------ conditions
+
+
+def test_condition_transition_time_moves_only_on_flips() -> None:
+    conds, changed = set_condition([], type_="Running", status=True, reason="InProgress", message="a", now=NOW,
+                                   generation=1)
+    assert changed
+    later = NOW + timedelta(minutes=1)
+    same, changed = set_condition(conds, type_="Running", status=True, reason="InProgress", message="a", now=later,
+                                  generation=1)
+    assert not changed
+    assert same[0].last_transition_time == NOW
+    msg, changed = set_condition(conds, type_="Running", status=True, reason="InProgress", message="b", now=later,
+                                 generation=1)
+    assert changed
+    assert msg[0].last_transition_time == NOW
+    flipped, changed = set_condition(conds, type_="Running", status=False, reason="Idle", message="x" * 5000,
+                                     now=later, generation=2)
+    assert changed
+    assert flipped[0].last_transition_time == later
+    assert len(flipped[0].message) <= 1024
+
+
+# ------------------------------------------------------------------------------------------ CRDs
+
+
+def _walk(node: Any) -> Any:
+    if isinstance(node, dict):
+        yield node
+        for value in node.values():
+            yield from _walk(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _walk(value)
+
+
+def test_crds_are_structural() -> None:
+    for crd in all_crds().values():
+        schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+        props = schema["properties"]
+        for part in _walk([props["spec"], props["status"]]):
+            assert "$ref" not in part
+            assert "anyOf" not in part
+            assert "title" not in part
+            for bound in ("exclusiveMinimum", "exclusiveMaximum"):
+                if bound in part:
+                    assert isinstance(part[bound], bool)  # OpenAPI v3.0 form, not JSON Schema 2020
+            if part.get("type") == "object":
+                assert "properties" in part or "additionalProperties" in part or part.get(
+                    "x-kubernetes-preserve-unknown-fields")
+
+
+def test_aitask_crd_has_printer_columns_cel_rules_and_descriptions() -> None:
+    crd = aitask_crd()
+    version = crd["spec"]["versions"][0]
+    assert [c["name"] for c in version["additionalPrinterColumns"]][:3] == ["Phase", "Progress", "Est-Cost"]
+    assert crd["spec"]["names"]["shortNames"] == ["ait"]
+    assert "aitask" not in crd["spec"]["names"]["categories"]  # a category named like the kind shadows it
+    spec = version["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    assert spec["x-kubernetes-validations"]
+    item = spec["properties"]["subtasks"]["items"]
+    assert spec["properties"]["subtasks"]["x-kubernetes-list-map-keys"] == ["name"]
+    assert {r["fieldPath"] for r in item["x-kubernetes-validations"]} >= {".dependsOn", ".completions"}
+    assert item["properties"]["executor"]["description"]
+    assert executorclass_crd()["spec"]["scope"] == "Cluster"
