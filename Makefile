@@ -12,6 +12,10 @@ help: ## list the targets
 setup: ## install everything: prometheus (apt), .venv, control-plane binaries (cached)
 	@bash scripts/setup.sh
 
+.PHONY: demo
+demo: setup ## see it work: local control plane + GPU pools, chart, operator, a pipeline placed and run
+	$(PY) scripts/demo.py
+
 .PHONY: test
 test: setup lint unit e2e ## the whole suite: lint, types, layering, CRD drift, unit and e2e tests
 
@@ -32,13 +36,16 @@ e2e: ## end-to-end tests on the local control plane (real apiserver, KCM, schedu
 	.venv/bin/pytest -q e2e
 
 .PHONY: crds
-crds: ## regenerate crds/ from the pydantic models
+crds: ## regenerate crds/ and docs/crd-reference.md from the pydantic models
 	$(PY) -m aitask crds --out-dir crds
+	$(PY) -m aitask crds --markdown > docs/crd-reference.md
 
 .PHONY: check-generated
-check-generated: ## fail if crds/ drifts from the models
-	@tmp=$$(mktemp -d); $(PY) -m aitask crds --out-dir $$tmp; \
-	  diff -ru crds $$tmp || { echo "crds/ is stale: run 'make crds'"; exit 1; }; rm -rf $$tmp
+check-generated: ## fail if crds/ or docs/crd-reference.md drift from the models
+	@tmp=$$(mktemp -d); $(PY) -m aitask crds --out-dir $$tmp; $(PY) -m aitask crds --markdown > $$tmp/ref.md; \
+	  diff -ru crds $$tmp --exclude=ref.md || { echo "crds/ is stale: run 'make crds'"; exit 1; }; \
+	  diff -u docs/crd-reference.md $$tmp/ref.md || { echo "docs/crd-reference.md is stale: run 'make crds'"; exit 1; }; \
+	  rm -rf $$tmp
 
 .PHONY: cluster-up
 cluster-up: setup ## start the local control plane with fake GPU pools (leaves it running)

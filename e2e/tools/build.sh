@@ -3,7 +3,8 @@
 # kube-scheduler, kubectl, etcd, kwok, helm) from the pinned Go modules beside this
 # script into a cache folder keyed by the pinned versions and the Go toolchain:
 #   ${AITASK_CACHE:-~/.cache/aitask}/bin/<key>/
-# A warm run (every binary present and answering --version) costs well under a second.
+# A warm run (every binary present and executable) costs well under a second. Concurrent runs
+# serialise on a lock, so two test sessions never build into the same folder at once.
 # Prints the folder on stdout; progress goes to stderr.
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -20,14 +21,21 @@ for v in "$K8S_VERSION" "$ETCD_VERSION" "$KWOK_VERSION" "$HELM_VERSION"; do
   [[ $v == v* ]] || { echo "build.sh: cannot read a pinned version from e2e/tools/*/go.mod" >&2; exit 1; }
 done
 GO_VERSION=$(go env GOVERSION)
-sum=$(cat "$here"/*/go.mod "$here"/*/go.sum "$here/build.sh" | sha256sum | cut -c1-12)
-key="k8s-${K8S_VERSION}_etcd-${ETCD_VERSION}_kwok-${KWOK_VERSION}_helm-${HELM_VERSION}_${GO_VERSION}_${sum}"
+# Bump RECIPE when the way the binaries are built changes (flags, ldflags, the set of binaries);
+# comments and other edits of this script do not invalidate the cache.
+RECIPE=1
+sum=$(cat "$here"/*/go.mod "$here"/*/go.sum | sha256sum | cut -c1-12)
+key="k8s-${K8S_VERSION}_etcd-${ETCD_VERSION}_kwok-${KWOK_VERSION}_helm-${HELM_VERSION}_${GO_VERSION}_r${RECIPE}_${sum}"
 bin="${AITASK_CACHE:-$HOME/.cache/aitask}/bin/$key"
 
 all=(kube-apiserver kube-controller-manager kube-scheduler kubectl etcd kwok helm)
 ready() { for b in "${all[@]}"; do [ -x "$bin/$b" ] || return 1; done; }
 if ready; then echo "$bin"; exit 0; fi
 
+mkdir -p "$(dirname "$bin")"
+exec 9>"$bin.lock"
+flock 9  # another build of the same key may be running: wait for it
+if ready; then echo "$bin"; exit 0; fi
 mkdir -p "$bin.partial"
 log() { echo "[build.sh $(date +%H:%M:%S)] $*" >&2; }
 major_minor=${K8S_VERSION#v}; major=${major_minor%%.*}; minor=${major_minor#*.}; minor=${minor%%.*}

@@ -19,6 +19,11 @@ def _cmd_crds(args: argparse.Namespace) -> int:
     from aitask.api.crdgen import all_crds
 
     crds = all_crds()
+    if args.markdown:
+        from aitask.api.crddoc import render
+
+        sys.stdout.write(render())
+        return 0
     if args.out_dir:
         out = Path(args.out_dir)
         out.mkdir(parents=True, exist_ok=True)
@@ -44,7 +49,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     kopf.configure(verbose=args.verbose)
     kopf.run(
         clusterwide=not namespaces,
-        namespaces=namespaces or None,
+        namespaces=list(namespaces),
         standalone=args.standalone or settings.standalone,
         peering_name=None if (args.standalone or settings.standalone) else settings.peering_name,
         liveness_endpoint=args.liveness,
@@ -73,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     crds = sub.add_parser("crds", help="print the CRDs generated from the API models")
     crds.add_argument("--out-dir", default=None, help="write one file per CRD into this folder")
+    crds.add_argument("--markdown", action="store_true", help="print the field reference as Markdown instead")
     crds.set_defaults(func=_cmd_crds)
 
     agent = sub.add_parser("agent", help="run the NVML GPU exporter (see `aitask agent -- --help`)", add_help=False)

@@ -46,9 +46,7 @@ class Model(BaseModel):
 class StatusModel(Model):
     """Status parts tolerate fields written by newer operator versions."""
 
-    model_config = ConfigDict(
-        alias_generator=to_camel, populate_by_name=True, frozen=True, extra="ignore"
-    )
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, frozen=True, extra="ignore")
 
 
 # --------------------------------------------------------------------------- shared parts
@@ -57,22 +55,34 @@ class StatusModel(Model):
 class Toleration(Model):
     """A pod toleration, copied as-is into the child Jobs' pod templates."""
 
-    key: str | None = None
-    operator: Literal["Exists", "Equal"] | None = None
-    value: str | None = None
-    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
-    toleration_seconds: int | None = None
+    key: str | None = Field(
+        None, description="Taint key the toleration matches; empty with operator Exists matches all keys."
+    )
+    operator: Literal["Exists", "Equal"] | None = Field(None, description="Exists or Equal (default Equal).")
+    value: str | None = Field(None, description="Taint value to match with operator Equal.")
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
+        None, description="Taint effect to match; empty matches all effects."
+    )
+    toleration_seconds: int | None = Field(
+        None, description="For NoExecute: how long the pod stays bound after the taint appears."
+    )
 
 
 class Condition(StatusModel):
     """A Kubernetes-style condition; ``lastTransitionTime`` moves only when ``status`` flips."""
 
-    type: str
-    status: Literal["True", "False", "Unknown"]
-    reason: str = Field(pattern=r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$", max_length=1024)
-    message: str = Field("", max_length=32768)
-    last_transition_time: datetime
-    observed_generation: int | None = None
+    type: str = Field(
+        description="Condition type, e.g. Running, Succeeded, Failed, Planned, InvalidSpec, MetricsUnavailable."
+    )
+    status: Literal["True", "False", "Unknown"] = Field(description="True, False or Unknown.")
+    reason: str = Field(
+        pattern=r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$",
+        max_length=1024,
+        description="One CamelCase word for machines.",
+    )
+    message: str = Field("", max_length=32768, description="A sentence for people.")
+    last_transition_time: datetime = Field(description="When status last changed.")
+    observed_generation: int | None = Field(None, description="The spec generation this condition was computed from.")
 
 
 # --------------------------------------------------------------------------- ExecutorClass
@@ -140,27 +150,29 @@ class Learned(StatusModel):
 
     seconds_per_unit: float = Field(ge=0)
     samples: int = Field(ge=0)
-    relative_error: float | None = Field(
-        None, description="EWMA of |estimate - actual| / actual over the samples."
-    )
+    relative_error: float | None = Field(None, description="EWMA of |estimate - actual| / actual over the samples.")
     gpu_util_avg: float | None = Field(None, description="EWMA of average GPU utilisation, percent.")
     oom_kills: int = 0
     updated_at: datetime | None = None
 
 
 class ResourceTotals(StatusModel):
-    nodes: int = 0
-    accelerators: float = 0
-    cpu: float = 0
-    memory_gi_b: float = Field(0, alias="memoryGiB")
+    nodes: int = Field(0, description="Number of member nodes.")
+    accelerators: float = Field(0, description="Accelerators.")
+    cpu: float = Field(0, description="CPU cores.")
+    memory_gi_b: float = Field(0, alias="memoryGiB", description="Memory in GiB.")
 
 
 class ExecutorClassStatus(StatusModel):
-    capacity: ResourceTotals = Field(default_factory=ResourceTotals)
-    allocated: ResourceTotals = Field(default_factory=ResourceTotals)
+    capacity: ResourceTotals = Field(
+        default_factory=ResourceTotals, description="Allocatable resources of the Ready nodes of this class."
+    )
+    allocated: ResourceTotals = Field(
+        default_factory=ResourceTotals, description="Resources requested by pods bound to those nodes."
+    )
     learned: dict[str, Learned] = Field(default_factory=dict, description="Per workload profile.")
-    conditions: list[Condition] = Field(default_factory=list)
-    observed_generation: int | None = None
+    conditions: list[Condition] = Field(default_factory=list, description="Conditions of the class.")
+    observed_generation: int | None = Field(None, description="The spec generation last processed.")
 
 
 class ObjectMeta(StatusModel):
@@ -211,39 +223,43 @@ class Objective(Model):
 
 
 class EnvVar(Model):
-    name: str = Field(min_length=1)
-    value: str | None = None
+    name: str = Field(min_length=1, description="Variable name.")
+    value: str | None = Field(None, description="Literal value.")
     value_from: dict[str, Any] | None = Field(
-        None, json_schema_extra={"x-kubernetes-preserve-unknown-fields": True}
+        None,
+        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
+        description="A core/v1 EnvVarSource (secretKeyRef, configMapKeyRef, fieldRef ...).",
     )
 
 
 class VolumeMount(Model):
-    name: str
-    mount_path: str
-    read_only: bool | None = None
-    sub_path: str | None = None
+    name: str = Field(description="Name of a volume in `volumes`.")
+    mount_path: str = Field(description="Path in the container.")
+    read_only: bool | None = Field(None, description="Mount read-only.")
+    sub_path: str | None = Field(None, description="Sub-path of the volume to mount.")
 
 
 class PodMetadata(Model):
     """Labels and annotations added to the child Jobs' pods."""
 
-    labels: dict[str, str] = Field(default_factory=dict)
-    annotations: dict[str, str] = Field(default_factory=dict)
+    labels: dict[str, str] = Field(default_factory=dict, description="Labels added to the pods.")
+    annotations: dict[str, str] = Field(default_factory=dict, description="Annotations added to the pods.")
 
 
 class LocalObjectReference(Model):
-    name: str
+    name: str = Field(description="Name of the object in the AITask's namespace.")
 
 
 class PodTemplatePart(Model):
     """Pod settings shared by every sub-task of the task."""
 
-    service_account_name: str | None = None
-    image_pull_secrets: list[LocalObjectReference] = Field(default_factory=list)
+    service_account_name: str | None = Field(None, description="ServiceAccount the pods run as.")
+    image_pull_secrets: list[LocalObjectReference] = Field(
+        default_factory=list, description="Secrets for pulling the images."
+    )
     env: list[EnvVar] = Field(default_factory=list, description="Added to every container.")
     metadata: PodMetadata = Field(default_factory=PodMetadata)
-    priority_class_name: str | None = None
+    priority_class_name: str | None = Field(None, description="PriorityClass of the pods (kube-scheduler preemption).")
 
 
 class Executor(Model):
@@ -296,20 +312,18 @@ class RetryPolicy(Model):
 class Subtask(Model):
     """One step of the pipeline: one child Job per attempt."""
 
-    name: str = Field(
-        pattern=DNS_LABEL, max_length=MAX_SUBTASK_NAME, description="Unique within the task (DNS label)."
-    )
+    name: str = Field(pattern=DNS_LABEL, max_length=MAX_SUBTASK_NAME, description="Unique within the task (DNS label).")
     type: SubtaskType = Field(SubtaskType.CUSTOM, description="Classification; sets defaults.")
     profile: str | None = Field(
         None,
         max_length=253,
         description="Workload profile key for learned runtimes; default: the image without its tag.",
     )
-    image: str = Field(min_length=1)
-    command: list[str] = Field(default_factory=list)
-    args: list[str] = Field(default_factory=list)
-    env: list[EnvVar] = Field(default_factory=list)
-    volume_mounts: list[VolumeMount] = Field(default_factory=list)
+    image: str = Field(min_length=1, description="Container image.")
+    command: list[str] = Field(default_factory=list, description="Entrypoint (overrides the image's).")
+    args: list[str] = Field(default_factory=list, description="Arguments.")
+    env: list[EnvVar] = Field(default_factory=list, description="Environment of the container.")
+    volume_mounts: list[VolumeMount] = Field(default_factory=list, description="Volume mounts of the container.")
     volumes: list[dict[str, Any]] = Field(
         default_factory=list,
         description="Pod volumes (core/v1 Volume objects).",
@@ -317,14 +331,12 @@ class Subtask(Model):
     )
     depends_on: list[str] = Field(default_factory=list, description="Sub-tasks that must succeed first.")
     parallelism: int = Field(1, ge=1, le=1024, description="Pods running at once (shards).")
-    completions: int | None = Field(
-        None, ge=1, le=100000, description="Indexed completions; default: parallelism."
-    )
+    completions: int | None = Field(None, ge=1, le=100000, description="Indexed completions; default: parallelism.")
     gang: bool = Field(False, description="Admit all `parallelism` pods together or none (distributed).")
     executor: Executor = Field(default_factory=Executor)
-    work: Work = Field(default_factory=Work)
+    work: Work = Field(default_factory=Work, description="Size of the work, for learned per-unit runtimes.")
     estimate: Estimate = Field(default_factory=Estimate)
-    retry: RetryPolicy = Field(default_factory=RetryPolicy)
+    retry: RetryPolicy = Field(default_factory=RetryPolicy, description="Retries, backoff and OOM escalation.")
     timeout_seconds: int | None = Field(None, ge=1, description="activeDeadlineSeconds of each attempt.")
     pod_metadata: PodMetadata = Field(default_factory=PodMetadata)
 
@@ -357,7 +369,9 @@ class Deadline(Model):
 class AITaskSpec(Model):
     priority: float = Field(1.0, gt=0, le=1000, description="Weight in weighted completion time.")
     objective: Objective = Field(default_factory=Objective)
-    deadline: Deadline | None = None
+    deadline: Deadline | None = Field(
+        None, description="The whole task fails if it has not finished this long after creation."
+    )
     template: PodTemplatePart = Field(default_factory=PodTemplatePart)
     subtasks: list[Subtask] = Field(min_length=1, max_length=MAX_SUBTASKS)
 
@@ -406,92 +420,107 @@ class SubtaskPhase(StrEnum):
 
 
 class Alternative(StatusModel):
-    class_name: str = Field(alias="class")
-    feasible: bool
-    reason: str = ""
-    estimated_seconds: float | None = None
-    wait_seconds: float | None = None
-    estimated_cost: float | None = None
-    score: float | None = None
+    class_name: str = Field(alias="class", description="ExecutorClass considered.")
+    feasible: bool = Field(description="Whether the sub-task could run there at all.")
+    reason: str = Field("", description="Why not, when infeasible.")
+    estimated_seconds: float | None = Field(None, description="T: estimated runtime there.")
+    wait_seconds: float | None = Field(None, description="W: expected wait for that class's backlog.")
+    estimated_cost: float | None = Field(None, description="C: estimated cost there.")
+    score: float | None = Field(None, description="F = alpha*(W+T) + beta*C; lowest wins.")
 
 
 class Plan(StatusModel):
     """Where the cost model put (or would put) the current attempt, and why."""
 
-    class_name: str = Field(alias="class")
-    accelerators: int = 0
-    cpu: str = ""
-    memory: str = ""
-    node_selector: dict[str, str] = Field(default_factory=dict)
+    class_name: str = Field(alias="class", description="Chosen ExecutorClass (empty when no class is feasible).")
+    accelerators: int = Field(0, description="Accelerators per pod.")
+    cpu: str = Field("", description="CPU request per pod.")
+    memory: str = Field("", description="Memory request per pod.")
+    node_selector: dict[str, str] = Field(
+        default_factory=dict, description="The class's node selector, used as required node affinity."
+    )
     nodes: list[str] = Field(default_factory=list, description="Nodes the pods were packed onto.")
-    estimated_seconds: float = 0
-    estimated_cost: float = 0
-    score: float = 0
-    estimate_source: str = ""
-    alternatives: list[Alternative] = Field(default_factory=list)
-    message: str = ""
+    estimated_seconds: float = Field(0, description="T on the chosen class.")
+    estimated_cost: float = Field(0, description="C on the chosen class.")
+    score: float = Field(0, description="F on the chosen class.")
+    estimate_source: str = Field(
+        "", description="Where T came from: learned(n=..), hint:secondsByClass, hint:seconds@class*speed, prior."
+    )
+    alternatives: list[Alternative] = Field(
+        default_factory=list, description="The other classes considered, best first, infeasible last."
+    )
+    message: str = Field("", description="Human summary of the decision.")
 
 
 class Attempt(StatusModel):
-    number: int
-    job: str
-    class_name: str = Field(alias="class")
-    result: Literal["Running", "Succeeded", "Failed", "OOMKilled", "NodeLost", "DeadlineExceeded"] = "Running"
-    exit_code: int | None = None
-    reason: str = ""
-    start_time: datetime | None = None
-    finish_time: datetime | None = None
-    actual_seconds: float | None = None
-    actual_cost: float | None = None
-    spec_hash: str = ""
-    learned: bool = False
+    number: int = Field(description="Attempt number, from 1.")
+    job: str = Field(description="Name of the attempt's Job.")
+    class_name: str = Field(alias="class", description="ExecutorClass of the attempt.")
+    result: Literal["Running", "Succeeded", "Failed", "OOMKilled", "NodeLost", "DeadlineExceeded"] = Field(
+        "Running", description="Running, Succeeded, Failed, OOMKilled, NodeLost or DeadlineExceeded."
+    )
+    exit_code: int | None = Field(None, description="Exit code of the failed container, if any.")
+    reason: str = Field("", description="Why it ended this way.")
+    start_time: datetime | None = Field(None, description="When it was admitted / started.")
+    finish_time: datetime | None = Field(None, description="When it ended.")
+    actual_seconds: float | None = Field(None, description="Runtime of its Job.")
+    actual_cost: float | None = Field(None, description="Cost at the plan's rate for the actual runtime.")
+    spec_hash: str = Field("", description="Fingerprint of the sub-task spec it ran with.")
+    learned: bool = Field(False, description="Whether its runtime was folded into the class's learned estimates.")
 
 
 class SubtaskMetrics(StatusModel):
-    gpu_util_avg: float | None = None
-    gpu_util_max: float | None = None
-    gpu_memory_used_max_bytes: float | None = None
-    sampled_at: datetime | None = None
+    gpu_util_avg: float | None = Field(
+        None, description="Average GPU utilisation of its pods, percent (from Prometheus)."
+    )
+    gpu_util_max: float | None = Field(None, description="Peak GPU utilisation, percent.")
+    gpu_memory_used_max_bytes: float | None = Field(None, description="Peak GPU memory used, bytes.")
+    sampled_at: datetime | None = Field(None, description="When Prometheus was last asked.")
 
 
 class SubtaskStatus(StatusModel):
-    name: str
-    phase: SubtaskPhase = SubtaskPhase.WAITING
-    attempts: int = 0
-    job: str | None = None
-    nodes: list[str] = Field(default_factory=list)
-    ready_since: datetime | None = None
-    retry_after: datetime | None = None
-    start_time: datetime | None = None
-    finish_time: datetime | None = None
-    actual_seconds: float | None = None
-    actual_cost: float | None = None
-    message: str = ""
-    plan: Plan | None = None
-    history: list[Attempt] = Field(default_factory=list)
-    metrics: SubtaskMetrics | None = None
+    name: str = Field(description="Sub-task name.")
+    phase: SubtaskPhase = Field(
+        SubtaskPhase.WAITING, description="Waiting, Queued, Backoff, Running, Succeeded, Failed or Skipped."
+    )
+    attempts: int = Field(0, description="Attempts started so far.")
+    job: str | None = Field(None, description="Job of the current (or last) attempt.")
+    nodes: list[str] = Field(default_factory=list, description="Nodes its pods run on.")
+    ready_since: datetime | None = Field(None, description="When it became ready to run (ageing starts here).")
+    retry_after: datetime | None = Field(None, description="Earliest time of the next attempt after a failure.")
+    start_time: datetime | None = Field(None, description="When its first attempt started.")
+    finish_time: datetime | None = Field(None, description="When it finished.")
+    actual_seconds: float | None = Field(None, description="Runtime of the successful attempt.")
+    actual_cost: float | None = Field(None, description="Cost of the successful attempt.")
+    message: str = Field("", description="What is happening, for people.")
+    plan: Plan | None = Field(None, description="Where the cost model placed (or would place) the current attempt.")
+    history: list[Attempt] = Field(default_factory=list, description="Every attempt, oldest first.")
+    metrics: SubtaskMetrics | None = Field(None, description="GPU use sampled while it ran.")
 
 
 class TaskMetrics(StatusModel):
-    gpu_util_avg: float | None = None
-    gpu_util_max: float | None = None
-    gpu_memory_used_max_bytes: float | None = None
+    gpu_util_avg: float | None = Field(None, description="Mean of the sub-tasks' average GPU utilisation, percent.")
+    gpu_util_max: float | None = Field(None, description="Peak GPU utilisation over the sub-tasks, percent.")
+    gpu_memory_used_max_bytes: float | None = Field(None, description="Peak GPU memory used by any sub-task, bytes.")
 
 
 class AITaskStatus(StatusModel):
-    phase: TaskPhase = TaskPhase.PENDING
-    progress: str = ""
-    succeeded: int = 0
-    total: int = 0
-    estimated_cost: float | None = None
-    actual_cost: float | None = None
-    estimated_seconds: float | None = None
-    start_time: datetime | None = None
-    completion_time: datetime | None = None
-    conditions: list[Condition] = Field(default_factory=list)
-    subtasks: list[SubtaskStatus] = Field(default_factory=list)
-    metrics: TaskMetrics | None = None
-    observed_generation: int | None = None
+    phase: TaskPhase = Field(TaskPhase.PENDING, description="Pending, Running, Succeeded, Failed or Invalid.")
+    progress: str = Field("", description="Succeeded sub-tasks / all, e.g. 2/3.")
+    succeeded: int = Field(0, description="Succeeded sub-tasks.")
+    total: int = Field(0, description="All sub-tasks.")
+    estimated_cost: float | None = Field(None, description="Sum of the plans' estimated costs.")
+    actual_cost: float | None = Field(None, description="Sum of the attempts' costs.")
+    estimated_seconds: float | None = Field(None, description="Estimated critical-path time.")
+    start_time: datetime | None = Field(None, description="When the first attempt started.")
+    completion_time: datetime | None = Field(None, description="When the task succeeded or failed.")
+    conditions: list[Condition] = Field(
+        default_factory=list,
+        description="Planned, Running, Succeeded, Failed, InvalidSpec, MetricsUnavailable, SpecChangeIgnored.",
+    )
+    subtasks: list[SubtaskStatus] = Field(default_factory=list, description="Per-sub-task plan and progress.")
+    metrics: TaskMetrics | None = Field(None, description="Task-level GPU use.")
+    observed_generation: int | None = Field(None, description="The spec generation this status was computed from.")
 
     def subtask(self, name: str) -> SubtaskStatus | None:
         for sub in self.subtasks:
