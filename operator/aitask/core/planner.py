@@ -1,0 +1,140 @@
+"""Plan preview of one AITask (`aitask plan`): what the scheduler would do with each sub-task.
+
+Each sub-task, in topological order, is put alone through ``core.scheduler.schedule`` on the
+given cluster state, as if it were ready now: the class it would get, its resources, T, W, C
+and F, and every alternative with its terms or why it is infeasible. Totals: the critical path
+(the longest chain of estimated runtimes, the least time the task can take) and the total
+estimated cost. Pure: the command reads the files or the cluster and formats the result.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from aitask.api import v1alpha1 as api
+from aitask.core import dag
+from aitask.core.scheduler import schedule
+from aitask.core.snapshot import demand_for
+from aitask.core.types import ClassInfo, Demand, Learned, NodeInfo, Option, Running, SchedulerParams, Snapshot
+
+
+@dataclass(frozen=True)
+class SubtaskPlan:
+    name: str
+    subtask_type: str
+    profile: str
+    depends_on: tuple[str, ...]
+    demand: Demand
+    chosen: Option | None  # None: no feasible class
+    alternatives: tuple[Option, ...]
+    admissible_now: bool  # it would be admitted at once if it were ready now
+    nodes: tuple[str, ...]  # where its pods would go now (empty when it would wait)
+    accelerators: int  # per pod on the chosen class (0 on a CPU pool)
+    message: str
+    start_seconds: float  # after its dependencies, plus its own wait when it has none
+    finish_seconds: float
+
+
+@dataclass(frozen=True)
+class TaskPlan:
+    task: str
+    namespace: str
+    subtasks: tuple[SubtaskPlan, ...]
+    critical_path_seconds: float
+    critical_path: tuple[str, ...]
+    estimated_completion_seconds: float
+    total_cost: float
+    feasible: bool  # every sub-task has a feasible class
+
+
+def plan_task(
+    task: api.AITask,
+    classes: Mapping[str, ClassInfo],
+    nodes: Iterable[NodeInfo],
+    *,
+    now: float,
+    learned: Mapping[tuple[str, str], Learned] | None = None,
+    running: Iterable[Running] = (),
+    params: SchedulerParams | None = None,
+    default_time_weight: float = 1.0,
+    default_cost_weight: float = 0.0,
+) -> TaskPlan:
+    """Preview the placements of a task before it is submitted, with the alternatives.
+
+    Runs the very scheduler the operator runs, one sub-task at a time, so the preview
+    cannot drift from what the operator would decide on the same cluster state.
+    """
+    params = params or SchedulerParams()
+    deps = {s.name: list(s.depends_on) for s in task.spec.subtasks}
+    order = dag.topological_order(deps)
+    node_tuple = tuple(nodes)
+    running_tuple = tuple(running)
+    plans: dict[str, SubtaskPlan] = {}
+    runtimes: dict[str, float] = {}
+    for name in order:
+        sub = task.spec.subtask(name)
+        demand = demand_for(
+            task,
+            sub,
+            1,
+            now=now,
+            ready_since=now,
+            arrival=now,
+            default_time_weight=default_time_weight,
+            default_cost_weight=default_cost_weight,
+        )
+        result = schedule(
+            Snapshot(
+                now=now,
+                classes=classes,
+                nodes=node_tuple,
+                demands=(demand,),
+                running=running_tuple,
+                learned=learned or {},
+            ),
+            params,
+        )
+        if result.admitted:
+            adm = result.admitted[0]
+            chosen: Option | None = adm.chosen
+            alternatives = adm.alternatives
+            admissible, placed, message = True, adm.nodes, adm.message
+        else:
+            deferral = result.deferred[0]
+            chosen = deferral.best
+            alternatives = deferral.alternatives
+            admissible, placed, message = False, (), deferral.message
+        runtime = (chosen.runtime_seconds or 0.0) if chosen is not None else 0.0
+        wait = (chosen.wait_seconds or 0.0) if chosen is not None else 0.0
+        start = max((plans[d].finish_seconds for d in sub.depends_on), default=wait)
+        runtimes[name] = runtime
+        plans[name] = SubtaskPlan(
+            name=name,
+            subtask_type=sub.type.value,
+            profile=sub.effective_profile,
+            depends_on=tuple(sub.depends_on),
+            demand=demand,
+            chosen=chosen,
+            alternatives=alternatives,
+            admissible_now=admissible,
+            nodes=placed,
+            message=message,
+            accelerators=(
+                demand.accelerators if chosen is not None and classes[chosen.class_name].kind == "gpu" else 0
+            ),
+            start_seconds=start,
+            finish_seconds=start + runtime,
+        )
+    length, path = dag.critical_path(deps, runtimes)
+    ordered = tuple(plans[n] for n in order)
+    return TaskPlan(
+        task=task.metadata.name,
+        namespace=task.metadata.namespace or "default",
+        subtasks=ordered,
+        critical_path_seconds=length,
+        critical_path=tuple(path),
+        estimated_completion_seconds=max((p.finish_seconds for p in ordered), default=0.0),
+        total_cost=sum((p.chosen.cost or 0.0) for p in ordered if p.chosen is not None),
+        feasible=all(p.chosen is not None for p in ordered),
+    )
