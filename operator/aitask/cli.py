@@ -89,13 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     version.set_defaults(func=lambda _args: print(__version__) or 0)
 
     for module_name in _COMMAND_MODULES:
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as err:  # TEMPORARY until aitask.commands lands
-            if err.name not in (module_name, "aitask.commands"):
-                raise
-            continue
-        module.add_parser(sub)
+        importlib.import_module(module_name).add_parser(sub)
     return parser
 
 
