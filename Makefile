@@ -55,6 +55,35 @@ cluster-up: setup ## start the local control plane with fake GPU pools (leaves i
 cluster-down: ## stop the local control plane
 	$(PY) -m e2e.cluster down
 
+.PHONY: gantt
+gantt: ## redraw docs/img/simulate-gantt.png from `aitask simulate` on the samples
+	$(PY) scripts/gantt.py --out docs/img/simulate-gantt.png
+
 .PHONY: bench
 bench: ## run the benchmarks (ratios measured in one run)
 	for b in quality heterogeneity learning speed; do $(PY) bench/$$b.py || exit 1; done
+
+# ---- chart, manifests, image, kind (issue 6) ------------------------------------------------------------
+HELM_BIN = $(shell bash e2e/tools/build.sh | tail -n1)/helm
+
+.PHONY: chart-lint
+chart-lint: ## helm lint --strict the chart; validate its rendering (defaults, all options) with kubernetes-validate
+	$(HELM_BIN) lint --strict charts/aitask-operator
+	$(HELM_BIN) lint --strict charts/aitask-operator -f charts/aitask-operator/ci/all-options-values.yaml
+	@set -e; tmp=$$(mktemp -d); trap 'rm -rf $$tmp' EXIT; \
+	  $(HELM_BIN) template aitask-operator charts/aitask-operator -n aitask-system --include-crds > $$tmp/defaults.yaml; \
+	  $(HELM_BIN) template aitask-operator charts/aitask-operator -n aitask-system --include-crds \
+	    -f charts/aitask-operator/ci/all-options-values.yaml > $$tmp/all.yaml; \
+	  for v in 1.34.0 1.36.0; do .venv/bin/kubernetes-validate --strict --quiet -k $$v $$tmp/defaults.yaml $$tmp/all.yaml; done
+
+.PHONY: manifests
+manifests: ## copy crds/ into the chart and render manifests/install.yaml from it (run after `make crds`)
+	$(PY) scripts/render_manifests.py --helm $(HELM_BIN)
+
+.PHONY: image
+image: ## build the operator image (needs Docker): aitask-operator:<version>
+	docker build -t aitask-operator:$$($(PY) -c 'import aitask; print(aitask.__version__)') .
+
+.PHONY: e2e-kind
+e2e-kind: ## the e2e suite on a kind cluster with in-cluster KWOK and the chart (needs Docker and kind)
+	bash e2e/kind/run.sh
