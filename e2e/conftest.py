@@ -44,6 +44,19 @@ def pytest_collection_finish(session: pytest.Session) -> None:
 
 @pytest.fixture(scope="session")
 def cluster(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    if os.environ.get("AITASK_E2E_PROVIDER", "local") == "kubeconfig":
+        # An existing cluster from $KUBECONFIG (e2e/kind/run.sh: kind + in-cluster KWOK); left running.
+        from e2e.kubeconfig_cluster import from_kubeconfig
+
+        try:
+            existing = from_kubeconfig(tmp_path_factory.mktemp("kubeconfig-cluster"))
+        except ClusterError as err:
+            pytest.fail(f"AITASK_E2E_PROVIDER=kubeconfig: {err}", pytrace=False)
+        if not existing.readyz():
+            pytest.fail(f"AITASK_E2E_PROVIDER=kubeconfig: {existing.server} is not ready", pytrace=False)
+        request.config.stash[_startup_key] = f"using the existing cluster {existing.server} ($KUBECONFIG)"
+        yield existing
+        return
     reuse = os.environ.get("AITASK_E2E_CLUSTER")
     if reuse:
         try:
