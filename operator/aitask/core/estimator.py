@@ -17,7 +17,7 @@ Where an estimate comes from, in the order it is trusted:
 Learned values are blended with what lies below them by confidence: weight ``n / (n + k0)``
 where ``k0`` (in samples) says how much the lower source is worth. A per-class hint is worth
 two samples, so one noisy run moves the estimate by a third, not all the way; the prior is
-worth a tenth of a sample, so the first run replaces it almost entirely.
+worth nothing once there is a sample (it is a guess by type, not a statement about the job).
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ PRIOR_DEFAULT_SECONDS = 1800.0
 K0_BY_CLASS = 2.0  # secondsByClass[k], or seconds on onClass == k
 K0_SCALED = 1.0  # seconds on a reference class scaled by prior speeds
 K0_DERIVED = 0.5  # secondsByClass of another class scaled by prior speeds
-K0_PRIOR = 0.1  # PRIOR_SECONDS
+K0_PRIOR = 0.0  # PRIOR_SECONDS: a guess, replaced by the first sample
 
 #: Confidence (0..1) reported for each source before any sample.
 _CONFIDENCE = {K0_BY_CLASS: 0.6, K0_SCALED: 0.4, K0_DERIVED: 0.3, K0_PRIOR: 0.0}

@@ -524,6 +524,13 @@ class _Cycle:
             return self._capacity_deferral(d, choice, options, fitted)
         if self.params.lookahead and wait < math.inf:
             self.timeline[choice.name].reserve(choice.units, choice.runtime)
+        if d.pods > 1:
+            # Say how far a multi-pod demand is from fitting (try, then roll back).
+            placed, fitted = self._place(choice.name, choice.request, d.pods)
+            for i in reversed(placed):
+                self._apply(i, self.resource[choice.name], choice.request, -1.0)
+            if 0 < fitted < d.pods:
+                return self._capacity_deferral(d, choice, options, fitted)
         why = (
             "the plan for the whole queue finishes sooner this way" + (" or cheaper" if d.cost_weight > 0 else "")
             if planned
@@ -636,7 +643,10 @@ class _Cycle:
                 key=d.key,
                 attempt=d.attempt,
                 reason=GANG_INCOMPLETE,
-                message=f"only {fitted} of {d.pods} pods fit at once on {choice.name}; all must start together",
+                message=(
+                    f"only {fitted} of {d.pods} pods fit at once on {choice.name}; all must start together"
+                    f" (T {_secs(choice.runtime)}, {choice.source})"
+                ),
                 best=options[0],
                 alternatives=tuple(options[1:]),
             )
