@@ -23,7 +23,10 @@ REPO = Path(__file__).resolve().parent.parent
 class Operator:
     """One operator process watching one namespace; its log is kept for failure reports."""
 
-    def __init__(self, cluster: Cluster, namespace: str, log_dir: Path, env: Mapping[str, str] | None = None):
+    def __init__(self, cluster: Cluster, namespace: str, log_dir: Path, env: Mapping[str, str] | None = None,
+                 *, name: str = "operator", standalone: bool = True):
+        self.name = name
+        self.standalone = standalone
         self.cluster = cluster
         self.namespace = namespace
         self.log_dir = log_dir
@@ -34,7 +37,7 @@ class Operator:
 
     @property
     def log_path(self) -> Path:
-        return self.log_dir / f"operator-{self.namespace}.log"
+        return self.log_dir / f"{self.name}-{self.namespace}.log"
 
     def start(self) -> Operator:
         env = {
@@ -52,7 +55,8 @@ class Operator:
         log.write(f"\n===== operator start #{self.starts} =====\n".encode())
         log.flush()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "aitask", "run", "--standalone", "-n", self.namespace, "-v"],
+            [sys.executable, "-m", "aitask", "run", *(["--standalone"] if self.standalone else []),
+             "-n", self.namespace, "-v"],
             cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
         log.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import time
 from pathlib import Path
 
 import yaml
@@ -46,15 +47,28 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     settings = load_settings()
     namespaces = args.namespace or settings.namespaces
+    standalone = args.standalone or settings.standalone
     kopf.configure(verbose=args.verbose)
     kopf.run(
         clusterwide=not namespaces,
         namespaces=list(namespaces),
-        standalone=args.standalone or settings.standalone,
-        peering_name=None if (args.standalone or settings.standalone) else settings.peering_name,
+        standalone=standalone,
+        peering_name=None if standalone else settings.peering_name,
+        priority=None if standalone else peering_priority(settings.peering_priority),
         liveness_endpoint=args.liveness,
     )
     return 0
+
+
+def peering_priority(configured: int | None, now: float | None = None) -> int:
+    """Kopf pauses every replica that sees a peer of higher priority, and *all* replicas when two
+    share one, so each replica needs its own: the earlier it started, the higher. The active
+    replica stays active while newer ones (a rolling update, a scale-up) wait, and the next one
+    takes over when it exits (Kopf removes its peering entry) or its entry expires."""
+    if configured is not None:
+        return configured
+    started_ms = int((time.time() if now is None else now) * 1000)
+    return 10**13 - started_ms
 
 
 def _cmd_agent(args: argparse.Namespace) -> int:

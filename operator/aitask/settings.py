@@ -23,6 +23,10 @@ class OperatorSettings(BaseSettings):
     )
     peering_name: str = Field("aitask-operator", description="Kopf peering object; one active replica per name.")
     standalone: bool = Field(False, description="Run without peering (single replica, tests).")
+    peering_priority: int | None = Field(
+        None,
+        description="Kopf peering priority; unset: derived from the start time so the oldest replica is active.",
+    )
     default_time_weight: float = Field(1.0, ge=0, description="alpha: default weight of time in F.")
     default_cost_weight: float = Field(0.0, ge=0, description="beta: default weight of cost (per currency unit) in F.")
     scheduling_period_seconds: float = Field(5.0, gt=0, description="Period of the scheduling cycle.")
