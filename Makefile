@@ -25,7 +25,7 @@ lint: ## ruff, mypy --strict, import-linter layering, generated-file drift
 	.venv/bin/ruff format --check operator
 	.venv/bin/mypy
 	.venv/bin/lint-imports
-	@$(MAKE) --no-print-directory check-generated
+	@$(MAKE) --no-print-directory check-generated chart-lint
 
 .PHONY: unit
 unit: ## unit and handler tests (no cluster)
@@ -39,6 +39,7 @@ e2e: ## end-to-end tests on the local control plane (real apiserver, KCM, schedu
 crds: ## regenerate crds/ and docs/crd-reference.md from the pydantic models
 	$(PY) -m aitask crds --out-dir crds
 	$(PY) -m aitask crds --markdown > docs/crd-reference.md
+	@$(MAKE) --no-print-directory manifests
 
 .PHONY: check-generated
 check-generated: ## fail if crds/ or docs/crd-reference.md drift from the models
@@ -46,6 +47,7 @@ check-generated: ## fail if crds/ or docs/crd-reference.md drift from the models
 	  diff -ru crds $$tmp --exclude=ref.md || { echo "crds/ is stale: run 'make crds'"; exit 1; }; \
 	  diff -u docs/crd-reference.md $$tmp/ref.md || { echo "docs/crd-reference.md is stale: run 'make crds'"; exit 1; }; \
 	  rm -rf $$tmp
+	$(PY) scripts/render_manifests.py --helm $(HELM_BIN) --check
 
 .PHONY: cluster-up
 cluster-up: setup ## start the local control plane with fake GPU pools (leaves it running)

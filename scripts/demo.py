@@ -61,10 +61,10 @@ def main() -> int:
         print(cluster.kubectl("get", "nodes", "-L", "nvidia.com/gpu.product,nvidia.com/gpu.count,aitask.dev/pool")
               .stdout)
 
-        say("helm install aitask-operator (CRDs, RBAC, ExecutorClasses)")
+        say("helm install aitask-operator (CRDs, RBAC, peering); kubectl apply the sample ExecutorClasses")
         cluster.helm("install", "aitask-operator", str(CHART), "-n", "aitask-system", "--create-namespace",
-                     "--set", "replicaCount=0", "--set", "defaultExecutorClasses.enabled=true", "--wait",
-                     "--timeout", "120s")
+                     "--set", "replicaCount=0", "--wait", "--timeout", "120s")
+        cluster.kubectl("apply", "-f", str(REPO / "manifests" / "samples" / "executorclasses.yaml"))
         print(cluster.kubectl("get", "executorclasses").stdout)
 
         say("running the operator on this machine (python -m aitask run)")
