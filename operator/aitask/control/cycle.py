@@ -62,6 +62,7 @@ class CycleParams:
     learning_rate: float = 0.3
     job_ttl_seconds: int = 3600
     backoff_max_seconds: float = 300.0
+    low_gpu_util_percent: float = 30.0
     policy: Policy = Policy.COST
 
 
@@ -462,7 +463,14 @@ def run_cycle(view: ClusterView, params: CycleParams, now: datetime) -> CycleOut
         learned=dict(learned),
     )
     # 4. schedule
-    result = scheduler.schedule(snap, SchedulerParams(policy=params.policy, ageing_seconds=params.ageing_seconds))
+    result = scheduler.schedule(
+        snap,
+        SchedulerParams(
+            policy=params.policy,
+            ageing_seconds=params.ageing_seconds,
+            low_gpu_util_percent=params.low_gpu_util_percent,
+        ),
+    )
     admitted_by_task: dict[str, list[Admission]] = {}
     deferred_by_task: dict[str, list[Deferral]] = {}
     waits: list[tuple[str, float]] = []

@@ -128,6 +128,7 @@ class Engine:
             learning_rate=s.learning_rate,
             job_ttl_seconds=s.job_ttl_seconds,
             backoff_max_seconds=s.retry_backoff_max_seconds,
+            low_gpu_util_percent=s.gpu_util_low_percent,
         )
 
     def _fresh_tasks(self, bodies: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
