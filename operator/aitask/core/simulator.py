@@ -76,7 +76,8 @@ class Observation:
 
     profile: str
     class_name: str
-    seen_before: int  # completions of this profile (any class) before this one
+    seen_before: int  # completions of this profile (any class) before this one finished
+    known_at_admission: int  # completions of this profile the scheduler had seen when it placed this one
     estimated_seconds: float
     actual_seconds: float
     source: str
@@ -148,6 +149,7 @@ class _Run:
     source: str
     demand: Demand
     resource: str
+    known: int = 0
 
 
 def simulate(
@@ -218,6 +220,7 @@ def simulate(
                         profile=profile,
                         class_name=run.admission.class_name,
                         seen_before=seen.get(profile, 0),
+                        known_at_admission=run.known,
                         estimated_seconds=run.estimated,
                         actual_seconds=actual,
                         source=run.source,
@@ -298,6 +301,7 @@ def simulate(
                 source=adm.chosen.estimate_source,
                 demand=demand,
                 resource=accelerator_resource(classes[adm.class_name]),
+                known=seen.get(demand.profile, 0),
             )
             _take(free, run)
             t.started.add(sub_name)
