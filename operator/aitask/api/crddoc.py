@@ -22,8 +22,13 @@ def _rows(node: dict[str, Any], path: str, required: set[str], out: list[str]) -
     for name, sub in node.get("properties", {}).items():
         here = f"{path}.{name}" if path else name
         bounds = []
-        for key, label in (("minimum", ">="), ("maximum", "<="), ("minItems", "min items"), ("maxItems", "max items"),
-                           ("maxLength", "max length")):
+        for key, label in (
+            ("minimum", ">="),
+            ("maximum", "<="),
+            ("minItems", "min items"),
+            ("maxItems", "max items"),
+            ("maxLength", "max length"),
+        ):
             if key in sub and not (key in ("maxItems", "maxLength") and sub[key] in (256, 4096)):
                 op = ">" if key == "minimum" and sub.get("exclusiveMinimum") else label
                 bounds.append(f"{op} {sub[key]}")
@@ -66,13 +71,24 @@ def render() -> str:
         ]
         for part in ("spec", "status"):
             node = schema["properties"][part]
-            lines += ["", f"### {part}", "", "| field | type | required | default | description |",
-                      "|---|---|---|---|---|"]
+            lines += [
+                "",
+                f"### {part}",
+                "",
+                "| field | type | required | default | description |",
+                "|---|---|---|---|---|",
+            ]
             _rows(node, part, set(node.get("required", [])), lines)
         rules: list[str] = []
         _rules(schema["properties"]["spec"], "spec", rules)
         if rules:
-            lines += ["", "### Validation rules (CEL, enforced by the API server)", "", "| field | rule | message |",
-                      "|---|---|---|", *rules]
+            lines += [
+                "",
+                "### Validation rules (CEL, enforced by the API server)",
+                "",
+                "| field | rule | message |",
+                "|---|---|---|",
+                *rules,
+            ]
         lines += ["", "Printer columns: " + ", ".join(c["name"] for c in version["additionalPrinterColumns"]) + "."]
     return "\n".join(lines) + "\n"

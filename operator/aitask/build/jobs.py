@@ -51,9 +51,7 @@ def _labels(task: AITask, sub: Subtask, attempt: int, class_name: str) -> dict[s
 
 
 def _affinity(ec: ExecutorClassSpec, nodes: Sequence[str]) -> dict[str, Any]:
-    required = [
-        {"key": key, "operator": "In", "values": [value]} for key, value in sorted(ec.node_selector.items())
-    ]
+    required = [{"key": key, "operator": "In", "values": [value]} for key, value in sorted(ec.node_selector.items())]
     affinity: dict[str, Any] = {}
     if required:
         affinity["requiredDuringSchedulingIgnoredDuringExecution"] = {
