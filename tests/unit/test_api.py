@@ -68,3 +68,13 @@ def test_executor_class_kind_and_wire_format() -> None:
     assert wire["accelerator"]["memoryGiB"] == 16
     assert wire["price"]["acceleratorHour"] == 3.06
     assert ExecutorClass.model_validate({"metadata": {"name": "c"}, "spec": {}}).spec.kind == "cpu"
+
+
+def test_every_setting_is_documented_in_the_operations_guide() -> None:
+    from pathlib import Path
+
+    from aitask.settings import OperatorSettings
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "operations.md").read_text()
+    missing = [n for n in OperatorSettings.model_fields if f"`AITASK_{n.upper()}`" not in text]
+    assert not missing, f"add these to docs/operations.md ## Configuration: {missing}"

@@ -217,3 +217,15 @@ def test_views_reduce_real_objects() -> None:
     })
     assert (pod.job, pod.node, pod.terminated_reason, pod.exit_code) == ("t-b-1", "n1", "OOMKilled", 137)
     assert pod.requests == {"nvidia.com/gpu": "2", "cpu": "500m"}
+
+
+@pytest.mark.parametrize(("own", "expected"), [(None, 3.0), (1.0, 1.0)], ids=["operator-default", "subtask-own"])
+def test_retry_delay_uses_the_subtask_backoff_else_the_operator_default(own: float | None, expected: float) -> None:
+    now = T0 + timedelta(seconds=30)
+    step = {"name": "a", "image": "x/a:1", "retry": {"limit": 3, **({"backoffSeconds": own} if own else {})}}
+    t = task([step], {"subtasks": [running("a", 1, "cpu")]})
+    prog = derive(t, [job("a", 1, cls="cpu", state="failed", reason="BackoffLimitExceeded", end=now)],
+                  [failed_pod("t-a-1")], CLASSES, now, backoff_seconds=3.0)
+    a = prog.status.subtask("a")
+    assert a is not None
+    assert a.retry_after == now + timedelta(seconds=expected)

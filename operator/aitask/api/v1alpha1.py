@@ -303,7 +303,13 @@ class Work(Model):
 
 class RetryPolicy(Model):
     limit: int = Field(2, ge=0, le=20, description="Retries after the first attempt.")
-    backoff_seconds: float = Field(10.0, ge=0, le=3600, description="Delay before retry n is 2^(n-1) * this.")
+    backoff_seconds: float | None = Field(
+        None,
+        ge=0,
+        le=3600,
+        description="Delay before retry n is 2^(n-1) * this, capped by the operator; unset: the operator default "
+        "(AITASK_RETRY_BACKOFF_SECONDS, 10 s).",
+    )
     oom_escalation: bool = Field(
         True, description="Retry an OOM-killed attempt on a class with more accelerator memory."
     )

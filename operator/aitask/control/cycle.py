@@ -62,6 +62,7 @@ class CycleParams:
     learning_rate: float = 0.3
     job_ttl_seconds: int = 3600
     backoff_max_seconds: float = 300.0
+    backoff_seconds: float = 10.0
     low_gpu_util_percent: float = 30.0
     policy: Policy = Policy.COST
 
@@ -378,7 +379,13 @@ def run_cycle(view: ClusterView, params: CycleParams, now: datetime) -> CycleOut
             continue
         tasks[key] = task
         progresses[key] = progress.derive(
-            task, tjobs, tpods, infos, now, backoff_max_seconds=params.backoff_max_seconds
+            task,
+            tjobs,
+            tpods,
+            infos,
+            now,
+            backoff_max_seconds=params.backoff_max_seconds,
+            backoff_seconds=params.backoff_seconds,
         )
 
     # 2. learning from finished attempts

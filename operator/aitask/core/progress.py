@@ -92,8 +92,9 @@ class TaskProgress:
     running_classes: Mapping[str, str] = field(default_factory=dict)  # subtask -> class of running attempt
 
 
-def _retry_delay(sub: Subtask, failures: int, cap: float) -> float:
-    return float(min(cap, sub.retry.backoff_seconds * (2 ** max(0, failures - 1))))
+def _retry_delay(sub: Subtask, failures: int, cap: float, default_base: float) -> float:
+    base = sub.retry.backoff_seconds if sub.retry.backoff_seconds is not None else default_base
+    return float(min(cap, base * (2 ** max(0, failures - 1))))
 
 
 def _attempt_result(job: JobView, pods: Sequence[PodView]) -> tuple[str, int | None, str]:
@@ -133,6 +134,7 @@ def derive(
     now: datetime,
     *,
     backoff_max_seconds: float = 300.0,
+    backoff_seconds: float = 10.0,
 ) -> TaskProgress:
     """Compute the task's next status and actions from what the cluster shows now."""
     spec = task.spec
@@ -186,7 +188,7 @@ def derive(
                         reason="the Job disappeared (deleted outside the operator)",
                         finish_time=now,
                     )
-                    st = _after_failure(sub, st, attempt, classes, now, backoff_max_seconds, events)
+                    st = _after_failure(sub, st, attempt, classes, now, (backoff_seconds, backoff_max_seconds), events)
                 else:
                     running_classes[sub.name] = attempt.class_name
             else:
@@ -255,7 +257,7 @@ def derive(
                             )
                         )
                         attempt = _upd(attempt, learned=True)
-                    st = _after_failure(sub, st, attempt, classes, now, backoff_max_seconds, events)
+                    st = _after_failure(sub, st, attempt, classes, now, (backoff_seconds, backoff_max_seconds), events)
                 else:
                     attempt = _upd(attempt, start_time=start)
                     running_classes[sub.name] = current.class_name
@@ -327,7 +329,7 @@ def _after_failure(
     attempt: Attempt,
     classes: Mapping[str, ClassInfo],
     now: datetime,
-    backoff_max: float,
+    backoff: tuple[float, float],  # (default base, cap)
     events: list[EventSpec],
 ) -> SubtaskStatus:
     failures = sum(1 for a in st.history if a.result not in ("Running", "Succeeded") and a.number != attempt.number)
@@ -343,7 +345,7 @@ def _after_failure(
             finish_time=attempt.finish_time or now,
             message=f"failed after {failures} attempt(s); last {what}",
         )
-    delay = _retry_delay(sub, failures, backoff_max)
+    delay = _retry_delay(sub, failures, backoff[1], backoff[0])
     retry_after = now + timedelta(seconds=delay)
     escalate = ""
     if attempt.result == "OOMKilled" and sub.retry.oom_escalation:

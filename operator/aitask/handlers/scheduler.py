@@ -128,6 +128,7 @@ class Engine:
             learning_rate=s.learning_rate,
             job_ttl_seconds=s.job_ttl_seconds,
             backoff_max_seconds=s.retry_backoff_max_seconds,
+            backoff_seconds=s.retry_backoff_seconds,
             low_gpu_util_percent=s.gpu_util_low_percent,
         )
 
