@@ -28,9 +28,9 @@ import time
 from collections.abc import Mapping, Sequence
 
 import numpy as np
-import workloads as W
 from scipy.optimize import LinearConstraint, linear_sum_assignment, milp
 
+import workloads as W
 from aitask.core.simulator import simulate
 from aitask.core.types import Policy, SchedulerParams
 
@@ -104,7 +104,9 @@ def main() -> int:
     print("assignment model == MILP (HiGHS) on 3 small instances (12 jobs, 2 GPUs per type): ok")
 
     all_ratios: dict[str, list[float]] = {}
-    header = f"{'objective':<22} {'n':>4} {'seed':>4} {'optimum':>12} {'cost':>7} {'fifo':>7} {'agnostic':>8} {'sim s':>6}"
+    header = (
+        f"{'objective':<22} {'n':>4} {'seed':>4} {'optimum':>12} {'cost':>7} {'fifo':>7} {'agnostic':>8} {'sim s':>6}"
+    )
     print(header)
     for label, prices, beta in (("time", W.ZERO_PRICES, 0.0), (f"time+{BETA:g}*money", W.PRICES, BETA)):
         for n, seeds in SIZES_SEEDS:

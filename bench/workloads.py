@@ -107,7 +107,11 @@ def cluster(
                 "metadata": {"name": t},
                 "spec": {
                     "nodeSelector": {"nvidia.com/gpu.product": t},
-                    "accelerator": {"resourceName": "nvidia.com/gpu", "model": t, "memoryGiB": GPU_MEMORY_GIB.get(t, 16.0)},
+                    "accelerator": {
+                        "resourceName": "nvidia.com/gpu",
+                        "model": t,
+                        "memoryGiB": GPU_MEMORY_GIB.get(t, 16.0),
+                    },
                     "price": {"acceleratorHour": prices.get(t, 0.0)},
                     "speed": {"default": speeds.get(t, 1.0)},
                 },
