@@ -147,25 +147,16 @@ def _invalid(body: Mapping[str, Any], message: str, now: datetime) -> TaskOutcom
     meta = body.get("metadata", {})
     prev = _status_only(body)
     gen = meta.get("generation")
+    reason = Reason.DEPENDENCY_CYCLE if "dependency cycle" in message else Reason.INVALID_SCHEMA
     conds, changed = cond.set_condition(
         prev.conditions,
         type_=ConditionType.INVALID_SPEC,
         status=True,
-        reason=Reason.INVALID_SCHEMA,
+        reason=reason,
         message=message,
         now=now,
         generation=gen,
     )
-    if "dependency cycle" in message:
-        conds, _ = cond.set_condition(
-            prev.conditions,
-            type_=ConditionType.INVALID_SPEC,
-            status=True,
-            reason=Reason.DEPENDENCY_CYCLE,
-            message=message,
-            now=now,
-            generation=gen,
-        )
     new = prev.model_copy(update={"phase": TaskPhase.INVALID, "conditions": conds, "observed_generation": gen})
     status = _wire(new) if _wire(new) != _wire(prev) else None
     events = (
