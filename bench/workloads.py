@@ -143,6 +143,7 @@ class Job:
     seconds: Mapping[str, float]  # true runtime per GPU type
     arrival: float
     priority: float = 1.0
+    steps: float = 0.0  # training steps: the job's size in work units (kilo-steps in AITask.work)
 
 
 def jobs(
@@ -154,10 +155,13 @@ def jobs(
     min_seconds: float = 600.0,
     max_seconds: float = 3 * 3600.0,
     priorities: Sequence[float] = (1.0,),
+    noise: float = 0.0,
 ) -> list[Job]:
     """``n`` jobs; the runtime on the job's fastest GPU is log-uniform in [min, max] seconds.
 
     ``arrival="once"``: all at time 0; ``"poisson"``: exponential inter-arrival times.
+    ``noise``: sigma of a log-normal factor on each job's runtimes (the same on every GPU
+    type: input pipeline, checkpointing), so the seconds per step of a profile vary by job.
     """
     rng = random.Random(seed)
     types = job_types()
@@ -168,23 +172,42 @@ def jobs(
         fastest = max(kind.throughput.values())
         best_seconds = math.exp(rng.uniform(math.log(min_seconds), math.log(max_seconds)))
         steps = best_seconds * fastest
-        seconds = {g: round(steps / kind.throughput[g], 1) for g in GPU_TYPES}
+        steps = round(steps)
+        factor = math.exp(rng.gauss(0.0, noise)) if noise > 0 else 1.0
+        seconds = {g: steps / kind.throughput[g] * factor for g in GPU_TYPES}
         if arrival == "poisson" and i > 0:
             t += rng.expovariate(1.0 / mean_interarrival)
         out.append(
-            Job(name=f"job-{i:04d}", kind=kind, seconds=seconds, arrival=round(t, 1), priority=rng.choice(priorities))
+            Job(
+                name=f"job-{i:04d}",
+                kind=kind,
+                seconds=seconds,
+                arrival=round(t, 1),
+                priority=rng.choice(priorities),
+                steps=steps,
+            )
         )
     return out
 
 
-def aitask_doc(job: Job, *, hints: str = "oracle", cost_weight: float | None = None) -> dict[str, Any]:
-    """An AITask document for a job. ``hints``: ``oracle`` (secondsByClass = truth, which is
-    also what `aitask simulate` takes as the true runtime), ``none`` (no hint at all; the
-    simulator's learn mode hides secondsByClass from the scheduler anyway)."""
+def aitask_doc(job: Job, *, cost_weight: float | None = None, work_units: bool = False) -> dict[str, Any]:
+    """An AITask document for a job: ``estimate.secondsByClass`` is the truth (what
+    `aitask simulate` runs; its learn mode hides it from the scheduler). ``work_units``: declare
+    the job's size (kilo-steps) in ``work.units`` so that runtimes are learned per unit of work."""
     estimate: dict[str, Any] = {"secondsByClass": dict(job.seconds)}
     objective: dict[str, Any] = {"timeWeight": 1.0}
     if cost_weight is not None:
         objective["costWeight"] = cost_weight
+    subtask: dict[str, Any] = {
+        "name": "train",
+        "type": "training",
+        "profile": job.kind.profile,
+        "image": f"registry.example/{job.kind.profile}:1",
+        "executor": {"kinds": ["gpu"], "accelerators": 1},
+        "estimate": estimate,
+    }
+    if work_units:
+        subtask["work"] = {"units": job.steps / 1000.0}
     return {
         "apiVersion": api.API_VERSION,
         "kind": "AITask",
@@ -196,16 +219,7 @@ def aitask_doc(job: Job, *, hints: str = "oracle", cost_weight: float | None = N
         "spec": {
             "priority": job.priority,
             "objective": objective,
-            "subtasks": [
-                {
-                    "name": "train",
-                    "type": "training",
-                    "profile": job.kind.profile,
-                    "image": f"registry.example/{job.kind.profile}:1",
-                    "executor": {"kinds": ["gpu"], "accelerators": 1},
-                    "estimate": estimate if hints == "oracle" else {},
-                }
-            ],
+            "subtasks": [subtask],
         },
     }
 

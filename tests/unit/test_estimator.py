@@ -149,3 +149,17 @@ def test_api_round_trip() -> None:
     wire = to_api(value, updated_at=datetime(2026, 1, 1, tzinfo=UTC))
     assert wire.wire()["secondsPerUnit"] == 12.5
     assert from_api(wire) == value
+
+
+def test_unknown_profile_uses_the_median_of_learned_profiles() -> None:
+    learned = {
+        ("a", "k80"): Learned(seconds_per_unit=10.0, samples=1),
+        ("b", "k80"): Learned(seconds_per_unit=30.0, samples=2),
+        ("c", "v100"): Learned(seconds_per_unit=50.0, samples=1),  # 200 s/unit at speed 1.0
+    }
+    est = Estimator(CLASSES, learned).estimate(make_demand(profile="new", work_units=2.0), "p100")
+    assert est.seconds == pytest.approx(30.0 * 2.0 / 2.0)
+    assert est.source == "prior(median of 3 learned profiles)"
+    # A hint still wins over the empirical prior.
+    hinted = Estimator(CLASSES, learned).estimate(make_demand(profile="new", seconds=100.0), "p100")
+    assert hinted.source == "hint:seconds*speed"

@@ -11,8 +11,10 @@ Where an estimate comes from, in the order it is trusted:
    ``onClass`` scaled by the classes' prior speed, ``T(k) = seconds * speed(ref) / speed(k)``
    (reference speed 1.0 without ``onClass``); else ``secondsByClass`` of another class scaled
    the same way;
-4. the documented **prior** ``PRIOR_SECONDS[type] * work_units / speed(k)``: a guess, so that a
-   sub-task without any hint still gets placed and then learned.
+4. the **prior**: once other profiles have been learned, the median over them of the learned
+   seconds per unit at speed 1.0, times ``work_units / speed(k)``; before anything is learned,
+   the documented ``PRIOR_SECONDS[type] * work_units / speed(k)``. A guess, so that a sub-task
+   without any hint still gets placed and then learned.
 
 Learned values are blended with what lies below them by confidence: weight ``n / (n + k0)``
 where ``k0`` (in samples) says how much the lower source is worth. A per-class hint is worth
@@ -113,11 +115,28 @@ class Estimator:
         for (profile, class_name), value in learned.items():
             if value.samples > 0 and value.seconds_per_unit > 0 and class_name in classes:
                 self._by_profile.setdefault(profile, []).append((class_name, value))
+        # The empirical prior: median over learned profiles of seconds per unit at speed 1.0.
+        per_profile = []
+        for profile, entries in self._by_profile.items():
+            total = sum(v.samples for _, v in entries)
+            at_unit_speed = sum(v.samples * v.seconds_per_unit * classes[c].speed(profile) for c, v in entries)
+            per_profile.append(at_unit_speed / total)
+        per_profile.sort()
+        self._unit_prior = per_profile[len(per_profile) // 2] if per_profile else None
+        self._prior_profiles = len(per_profile)
 
     def estimate(self, demand: Demand, class_name: str) -> Estimate:
         """T(s, k): the hint corrected by what was learned on k and on the other classes."""
         cls = self.classes[class_name]
         base = hint(demand, cls, self.classes)
+        if base.k0 == K0_PRIOR and self._unit_prior is not None and demand.profile not in self._by_profile:
+            # A profile never seen, without hints: what other profiles took is a better guess
+            # than the per-type constant (same blending weight: the first sample replaces it).
+            base = Hint(
+                self._unit_prior * demand.work_units / cls.speed(demand.profile),
+                f"prior(median of {self._prior_profiles} learned profiles)",
+                K0_PRIOR,
+            )
         seconds = base.seconds
         confidence = _CONFIDENCE.get(base.k0, 0.0)
         source = base.source

@@ -268,6 +268,9 @@ def simulate(
         active = still_active
         if not demands:
             continue
+        # Running work as the operator would see it: its estimate with what is known now
+        # (in learn mode a job placed on a guess is re-estimated once its profile is learned).
+        current = Estimator(classes, learned_now) if learn else None
         snapshot = Snapshot(
             now=now,
             classes=classes,
@@ -277,7 +280,16 @@ def simulate(
                 Running(
                     key=r.admission.key,
                     class_name=r.admission.class_name,
-                    remaining_seconds=max(0.0, r.start + r.estimated - now),
+                    remaining_seconds=max(
+                        0.0,
+                        r.start
+                        + (
+                            current.estimate(r.demand, r.admission.class_name).seconds
+                            if current is not None
+                            else r.estimated
+                        )
+                        - now,
+                    ),
                     accelerators=r.admission.accelerators * len(r.admission.nodes),
                     cpu=r.admission.cpu * len(r.admission.nodes),
                 )
