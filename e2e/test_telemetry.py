@@ -144,6 +144,11 @@ def test_prometheus_feedback_reaches_status_and_survives_an_outage(
 
     wait_for(recovered, timeout=30, what="MetricsUnavailable cleared", describe=op.log)
     status = wait_phase(cluster, op, namespace, "watched", "Succeeded", timeout=90)
+    # The finished attempt is counted once, with bounded labels, and Prometheus has it.
+    counted = wait_for(lambda: prom.query(
+        f'aitask_subtask_attempts_total{{namespace="{namespace}",class="h100",result="succeeded"}}'),
+        timeout=30, what="the attempt counter in Prometheus", describe=prom.logs)
+    assert float(counted[0]["value"][1]) == 1.0
     assert status["subtasks"][0]["metrics"]["gpuUtilAvg"] >= 70.0
     learned = get(cluster, "executorclass", "h100")["status"]["learned"]["registry.example/telemetry"]  # type: ignore[index]
     assert learned["gpuUtilAvg"] >= 70.0

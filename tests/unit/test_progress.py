@@ -83,9 +83,11 @@ def test_completed_dependency_releases_the_next_and_is_learned_once() -> None:
     assert [r.subtask.name for r in prog.ready] == ["b"]
     assert prog.ready[0].ready_since == T0 + timedelta(seconds=40)
     assert [(o.profile, o.class_name, o.seconds) for o in prog.observations] == [("x/a", "cpu", 40.0)]
-    # Re-deriving from the new status observes nothing again.
+    assert [(a.number, a.result, cost) for a, cost in prog.finished] == [(1, "Succeeded", 1.0)]
+    # Re-deriving from the new status observes (and counts) nothing again.
     again = derive(t.model_copy(update={"status": prog.status}), [], [], CLASSES, now)
     assert again.observations == ()
+    assert again.finished == ()
 
 
 @pytest.mark.parametrize(

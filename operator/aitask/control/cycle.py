@@ -91,6 +91,9 @@ class TaskOutcome:
     create_jobs: tuple[dict[str, Any], ...] = ()
     delete_jobs: tuple[str, ...] = ()
     events: tuple[EventSpec, ...] = ()
+    # For the metrics, recorded once the status write that carries them succeeded:
+    finished: tuple[tuple[str, str, float | None, float | None], ...] = ()  # (class, result, est. cost, cost)
+    retries: tuple[tuple[str, str], ...] = ()  # (class of the new attempt, result of the failed one)
 
 
 @dataclass(frozen=True)
@@ -486,6 +489,7 @@ def run_cycle(view: ClusterView, params: CycleParams, now: datetime) -> CycleOut
         creates: list[dict[str, Any]] = []
         events = list(prog.events)
         subs = {s.name: s for s in status.subtasks}
+        retries: list[tuple[str, str]] = []
         for adm in admitted_by_task.get(key, []):
             ready = ready_index[adm.key][1]
             sub = ready.subtask
@@ -517,6 +521,8 @@ def run_cycle(view: ClusterView, params: CycleParams, now: datetime) -> CycleOut
                 message=adm.message,
             )
             prev = subs[sub.name]
+            if prev.history:
+                retries.append((adm.class_name, prev.history[-1].result))
             attempt = Attempt(
                 number=adm.attempt, job=name, class_name=adm.class_name, start_time=now, spec_hash=subtask_hash(sub)
             )
@@ -632,6 +638,10 @@ def run_cycle(view: ClusterView, params: CycleParams, now: datetime) -> CycleOut
                 create_jobs=tuple(creates),
                 delete_jobs=prog.delete_jobs,
                 events=tuple(events) if changed or creates else (),
+                finished=tuple((a.class_name, a.result, est, a.actual_cost) for a, est in prog.finished)
+                if changed
+                else (),
+                retries=tuple(retries),
             )
         )
 

@@ -90,6 +90,9 @@ class TaskProgress:
     events: tuple[EventSpec, ...] = ()
     observations: tuple[Observation, ...] = ()
     running_classes: Mapping[str, str] = field(default_factory=dict)  # subtask -> class of running attempt
+    # Attempts that ended in this derive (each appears exactly once: the status written with it
+    # records the end), with the plan's estimated cost: what the metrics count.
+    finished: tuple[tuple[Attempt, float | None], ...] = ()
 
 
 def _retry_delay(sub: Subtask, failures: int, cap: float, default_base: float) -> float:
@@ -149,6 +152,7 @@ def derive(
 
     events: list[EventSpec] = []
     observations: list[Observation] = []
+    finished: list[tuple[Attempt, float | None]] = []
     delete: list[str] = []
     ready: list[Ready] = []
     running_classes: dict[str, str] = {}
@@ -268,6 +272,8 @@ def derive(
                         message=f"attempt {number} running on {current.class_name}"
                         + (f" ({', '.join(nodes)})" if nodes else ""),
                     )
+            if attempt.result != "Running" and (history.get(number) is None or history[number].result == "Running"):
+                finished.append((attempt, plan.estimated_cost if plan else None))
             history[number] = attempt
         out[sub.name] = _upd(st, history=sorted(history.values(), key=lambda a: a.number))
 
@@ -308,6 +314,7 @@ def derive(
         delete_jobs=tuple(delete),
         events=tuple(events),
         observations=tuple(observations),
+        finished=tuple(finished),
         running_classes=running_classes,
     )
 

@@ -30,6 +30,14 @@ log = logging.getLogger("aitask.scheduler")
 SETTINGS = load_settings()
 _FINISHED = ("Succeeded", "Failed", "Invalid")
 _STATUS_CACHE_SECONDS = 30.0
+# Attempt.result -> the bounded label values of aitask_subtask_attempts_total / _retries_total.
+_RESULT_LABEL = {
+    "Succeeded": "succeeded",
+    "Failed": "failed",
+    "OOMKilled": "oom_killed",
+    "DeadlineExceeded": "deadline_exceeded",
+    "NodeLost": "node_lost",
+}
 
 
 def _values(index: kopf.Index[str, Any]) -> list[Any]:
@@ -46,7 +54,6 @@ class Engine:
     last_run: float = 0.0
     pending: asyncio.Task[None] | None = None
     written: dict[str, tuple[float, str, dict[str, Any]]] = field(default_factory=dict)
-    counted: set[str] = field(default_factory=set)  # finished attempts already in the metrics
     # GPU feedback: sampled in the background so a slow Prometheus never delays a cycle.
     gpu_usage: dict[tuple[str, str, str], dict[str, Any]] = field(default_factory=dict)
     telemetry: str = "disabled"
@@ -210,7 +217,11 @@ class Engine:
                         continue
                     rv = result.get("metadata", {}).get("resourceVersion", "")
                     self.written[f"{task.namespace}/{task.name}"] = (time.monotonic(), rv, task.status)
-                    self._record_attempts(task.namespace, task.status)
+                    for cls_name, ended, estimated, actual in task.finished:
+                        metrics.record_attempt(task.namespace, cls_name, _RESULT_LABEL.get(ended, "other"))
+                        metrics.record_cost(task.namespace, cls_name, estimated or 0.0, actual)
+                for cls_name, failed in task.retries:
+                    metrics.record_retry(task.namespace, cls_name, _RESULT_LABEL.get(failed, "other"))
                 for event in task.events:
                     await kube.post_event(
                         namespace=task.namespace,
@@ -231,22 +242,6 @@ class Engine:
             except ApiException as err:
                 metrics.record_reconcile_error("ExecutorClass", f"api_{err.status}")
                 log.warning("status of ExecutorClass %s not written: %s", name, err.reason)
-
-    def _record_attempts(self, namespace: str, status: dict[str, Any]) -> None:
-        # Finished attempts are counted once: when the write that first records them succeeds.
-        key = f"{namespace}/"
-        for sub in status.get("subtasks", []):
-            for attempt in sub.get("history", []):
-                result = attempt.get("result")
-                if result == "Running":
-                    continue
-                mark = f"{key}{sub.get('name')}/{attempt.get('number')}"
-                if mark in self.counted:
-                    continue
-                self.counted.add(mark)
-                metrics.record_attempt(namespace, attempt.get("class", ""), str(result))
-                if attempt.get("actualCost") is not None:
-                    metrics.record_cost(namespace, attempt.get("class", ""), 0.0, attempt["actualCost"])
 
 
 def engine(memo: kopf.Memo) -> Engine:
