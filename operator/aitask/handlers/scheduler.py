@@ -158,6 +158,9 @@ class Engine:
                 else:
                     body = {**body, "status": status}
             out.append(body)
+        seen = {f"{b.get('metadata', {}).get('namespace')}/{b.get('metadata', {}).get('name')}" for b in out}
+        for key in [k for k in self.written if k not in seen]:
+            del self.written[key]  # the AITask is gone
         return out
 
     async def run(self, indexes: dict[str, kopf.Index[str, Any]], reason: str) -> None:
