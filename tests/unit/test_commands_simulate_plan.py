@@ -139,3 +139,25 @@ def test_loaders(files: tuple[Path, Path], tmp_path: Path) -> None:
         load_workload(broken)
     with pytest.raises(FileFormatError, match="No such file"):
         load_workload(tmp_path / "missing.yaml")
+
+
+def test_plan_kubeconfig_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    task = tmp_path / "t.yaml"
+    task.write_text(yaml.safe_dump(make_aitask("a").subtask("s", gpus=1).dict()))
+    assert call(["plan", str(task), "--kubeconfig", str(tmp_path / "missing")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("aitask plan: kubeconfig:")
+    assert "Traceback" not in err
+
+
+def test_pod_requests_count_init_containers_like_the_scheduler() -> None:
+    from aitask.adapters.kube_read import pod_requests
+
+    pod = {"spec": {
+        "containers": [
+            {"resources": {"requests": {"cpu": "500m", "memory": "1Gi", "nvidia.com/gpu": "1"}}},
+            {"resources": {"requests": {"cpu": "1"}}},
+        ],
+        "initContainers": [{"resources": {"requests": {"cpu": "4", "memory": "512Mi"}}}],
+    }}
+    assert pod_requests(pod) == {"cpu": 4.0, "memory": 2.0**30, "nvidia.com/gpu": 1.0}

@@ -14,7 +14,31 @@ from aitask.core.quantity import parse_quantity
 TERMINAL_PHASES = ("Succeeded", "Failed")
 
 
+class ClusterReadError(RuntimeError):
+    """The cluster could not be read (no kubeconfig, unreachable, forbidden): say it in one line."""
+
+
 def list_cluster(
+    kubeconfig: str | None = None, context: str | None = None
+) -> tuple[list[api.ExecutorClass], list[dict[str, Any]], dict[str, dict[str, float]], str]:
+    """(ExecutorClasses, Node dicts, requests in use per node, note); ``ClusterReadError`` on failure."""
+    import urllib3
+    from kubernetes.client.exceptions import ApiException
+    from kubernetes.config.config_exception import ConfigException
+
+    try:
+        return _list_cluster(kubeconfig, context)
+    except ConfigException as err:
+        raise ClusterReadError(f"kubeconfig: {err}") from err
+    except ApiException as err:
+        raise ClusterReadError(f"API server answered {err.status} {err.reason}") from err
+    except urllib3.exceptions.MaxRetryError as err:
+        raise ClusterReadError(f"cannot reach the API server: {err.reason}") from err
+    except (urllib3.exceptions.HTTPError, OSError) as err:
+        raise ClusterReadError(f"cannot read the cluster: {err}") from err
+
+
+def _list_cluster(
     kubeconfig: str | None = None, context: str | None = None
 ) -> tuple[list[api.ExecutorClass], list[dict[str, Any]], dict[str, dict[str, float]], str]:
     """(ExecutorClasses, Node dicts, requests in use per node, note).

@@ -54,9 +54,13 @@ def run(args: argparse.Namespace) -> int:
         if args.cluster:
             executor_classes, node_docs = load_cluster(args.cluster)
         else:
-            from aitask.adapters.kube_read import list_cluster
+            from aitask.adapters.kube_read import ClusterReadError, list_cluster
 
-            executor_classes, node_docs, used, note = list_cluster(args.kubeconfig, args.context)
+            try:
+                executor_classes, node_docs, used, note = list_cluster(args.kubeconfig, args.context)
+            except ClusterReadError as err:
+                print(f"aitask plan: {err}", file=sys.stderr)
+                return 2
             if note:
                 print(f"aitask plan: {note}", file=sys.stderr)
     except FileFormatError as err:
