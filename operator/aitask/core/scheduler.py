@@ -8,16 +8,19 @@ Steps, as in Kueue's scheduler, each reading only the snapshot and this cycle's 
 2. **Evaluate** each demand once per distinct (estimate inputs, shape, weights) signature:
    T, C, the right-sizing penalty and the feasibility of every class. Demands of one profile
    share the work, so a cycle costs O(signatures x classes + demands x classes).
-3. **Order** the demands: ``cost`` by Smith's rule, ``priority * (1 + waited/ageing) / T_best``
-   (weighted shortest first, and a demand that waited ``ageing_seconds`` counts double, so
-   none starves); ``fifo`` and ``agnostic`` by arrival.
-4. **Assign** in that order. ``cost`` picks the class with the lowest F = alpha*(W+T) + beta*C
-   (+ penalty); ``fifo`` the class that finishes first (W+T); ``agnostic`` any feasible class
-   that has room now (the one with most free units, as a spreading scheduler would), blind to
-   speed. W comes from the class timeline, which already holds everything admitted *and*
-   everything queued for that class earlier in this cycle (``lookahead``): a demand whose best
-   class is busy waits for it and holds its place, and the demands behind it see that queue
-   and take a slower free class only when that finishes sooner (or cheaper, by F).
+3. **Plan and order** (``cost``): assign the whole queue to classes so that its total
+   weighted F is least, in a fluid model of each class where its demands run in Smith order
+   (``priority * (1 + waited/ageing) * alpha / (units * T)``: weighted shortest first, and a
+   demand that waited ``ageing_seconds`` counts double, so none starves). A demand's marginal
+   cost on a class is its own ``alpha*(W+T) + beta*C + penalty`` plus the delay it imposes on
+   the demands queued behind it there (``_plan``). Demands are then taken in Smith order on
+   their planned class. ``fifo`` and ``agnostic`` take them by arrival.
+4. **Assign**: ``cost`` the planned class; ``fifo`` the class that finishes first (W+T);
+   ``agnostic`` any feasible class that has room now (the one with most free units, as a
+   spreading scheduler would), blind to speed. W comes from the class timeline, which holds
+   everything admitted *and* everything that chose to wait for that class earlier in this
+   cycle (``lookahead``): a demand whose class is busy waits for it and holds its place, so
+   the demands behind it cannot take the units it waits for.
 5. **Admit** what fits now: pods are packed best-fit (the node with the fewest free units that
    fits, so big nodes stay free for big pods), and free capacity is decremented at once.
    Multi-pod demands are admitted only when all ``pods`` fit together, gang or not: a Job
@@ -310,23 +313,11 @@ class _Cycle:
         infeasible.sort(key=lambda o: o.class_name)
         return tuple(feasible), tuple(infeasible), min(prices) if prices else 0.0
 
-    def _order(self, demands: Sequence[Demand], statics: Sequence[_Static]) -> list[int]:
-        index = range(len(demands))
-        if self.params.policy == Policy.COST:
-            now = self.snapshot.now
-            ageing = self.params.ageing_seconds
-
-            def smith(i: int) -> tuple[float, float, float, str, int]:
-                d = demands[i]
-                waited = max(0.0, now - d.ready_since)
-                weight = d.priority * (1.0 + waited / ageing) if ageing > 0 else d.priority
-                runtime = statics[i].best_runtime
-                ratio = weight / runtime if 0 < runtime < math.inf else (math.inf if runtime == 0 else 0.0)
-                return (-ratio, d.arrival, d.ready_since, str(d.key), d.attempt)
-
-            return sorted(index, key=smith)
+    def _arrival_order(self, demands: Sequence[Demand]) -> list[int]:
+        """The baselines' order: first come, first served."""
         return sorted(
-            index, key=lambda i: (demands[i].arrival, demands[i].ready_since, str(demands[i].key), demands[i].attempt)
+            range(len(demands)),
+            key=lambda i: (demands[i].arrival, demands[i].ready_since, str(demands[i].key), demands[i].attempt),
         )
 
     # ------------------------------------------------------------------ the cycle
@@ -342,7 +333,7 @@ class _Cycle:
         if policy == Policy.COST:
             plan, order = self._plan(demands, statics)
         else:
-            order = self._order(demands, statics)
+            order = self._arrival_order(demands)
         for i in order:
             d = demands[i]
             static = statics[i]
