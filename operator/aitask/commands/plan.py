@@ -70,11 +70,7 @@ def run(args: argparse.Namespace) -> int:
     if not classes:
         print("aitask plan: the cluster has no ExecutorClass", file=sys.stderr)
         return 2
-    nodes = [
-        n
-        for n in (node_info(doc, classes, used.get(_node_name(doc), {})) for doc in node_docs)
-        if n is not None
-    ]
+    nodes = [n for n in (node_info(doc, classes, used.get(_node_name(doc), {})) for doc in node_docs) if n is not None]
     plans: list[TaskPlan] = []
     for task in tasks:
         try:
@@ -217,4 +213,3 @@ def write_table(p: TaskPlan, out: TextIO) -> None:
     out.write(f"total estimated cost: {p.total_cost:.2f}\n")
     if not p.feasible:
         out.write("some sub-tasks have no feasible executor class (see the reasons above)\n")
-

@@ -90,9 +90,7 @@ def write_table(result: SimResult, out: TextIO) -> None:
     out.write(f"total cost:                {result.total_cost:.2f}\n")
     out.write(f"scheduling cycles:         {result.cycles}\n\n")
     rows = [("TASK", "SUBTASK", "CLASS", "NODE", "START", "END")]
-    rows += [
-        (p.task, p.subtask, p.class_name, p.node, f"{p.start:.1f}", f"{p.end:.1f}") for p in result.placements
-    ]
+    rows += [(p.task, p.subtask, p.class_name, p.node, f"{p.start:.1f}", f"{p.end:.1f}") for p in result.placements]
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for row in rows:
         out.write("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip() + "\n")

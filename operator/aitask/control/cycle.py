@@ -447,7 +447,7 @@ def run_cycle(view: ClusterView, params: CycleParams, now: datetime) -> CycleOut
                 pods = max(1, len(st.plan.nodes))
                 running.append(
                     Running(
-                        key=SubtaskKey(task.metadata.namespace or "", task.metadata.name, st.name),
+                        key=SubtaskKey(task.metadata.namespace or "default", task.metadata.name, st.name),
                         class_name=st.plan.class_name,
                         remaining_seconds=max(0.0, st.plan.estimated_seconds - elapsed),
                         accelerators=st.plan.accelerators * pods,

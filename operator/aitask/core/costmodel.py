@@ -131,8 +131,7 @@ def infeasible_reason(demand: Demand, cls: ClassInfo, capacity: ClassCapacity) -
         cls.kind != "gpu" or cls.accelerator_memory_gib < demand.min_accelerator_memory_gib
     ):
         return (
-            f"accelerator memory {cls.accelerator_memory_gib:g}GiB < required "
-            f"{demand.min_accelerator_memory_gib:g}GiB"
+            f"accelerator memory {cls.accelerator_memory_gib:g}GiB < required {demand.min_accelerator_memory_gib:g}GiB"
         )
     if capacity.nodes == 0:
         return "no ready node belongs to the class"
@@ -140,8 +139,10 @@ def infeasible_reason(demand: Demand, cls: ClassInfo, capacity: ClassCapacity) -
     resource = accelerator_resource(cls)
     if not any(capacity.pods_per_node(shape, request) > 0 for shape in capacity.shapes):
         biggest = max(capacity.shapes, key=lambda s: (s[0], s[1], s[2]))
-        largest = _describe((int(biggest[0]), biggest[1], biggest[2]), resource) if cls.kind == "gpu" else (
-            f"{biggest[1]:g} cpu, {biggest[2] / GIB:g}Gi memory"
+        largest = (
+            _describe((int(biggest[0]), biggest[1], biggest[2]), resource)
+            if cls.kind == "gpu"
+            else (f"{biggest[1]:g} cpu, {biggest[2] / GIB:g}Gi memory")
         )
         return f"no node can ever fit one pod ({_describe(request, resource)}; largest node has {largest})"
     if demand.pods > 1:
@@ -156,9 +157,7 @@ def cost(demand: Demand, cls: ClassInfo, runtime_seconds: float) -> float:
     """C: money spent holding the pods' resources for the runtime."""
     accelerators, cpu, memory = pod_request(demand, cls)
     per_pod_hour = (
-        cls.price_accelerator_hour * accelerators
-        + cls.price_cpu_hour * cpu
-        + cls.price_memory_gib_hour * memory / GIB
+        cls.price_accelerator_hour * accelerators + cls.price_cpu_hour * cpu + cls.price_memory_gib_hour * memory / GIB
     )
     return runtime_seconds / 3600.0 * demand.pods * per_pod_hour
 

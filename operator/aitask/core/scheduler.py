@@ -126,9 +126,7 @@ class _Cycle:
         nodes = [n for n in snapshot.nodes if n.schedulable]
         self.node_names = [n.name for n in nodes]
         self.free: list[dict[str, float]] = [dict(n.free) for n in nodes]
-        self.node_classes: list[tuple[str, ...]] = [
-            tuple(c for c in n.classes if c in self.classes) for n in nodes
-        ]
+        self.node_classes: list[tuple[str, ...]] = [tuple(c for c in n.classes if c in self.classes) for n in nodes]
         members: dict[str, list[int]] = {name: [] for name in self.classes}
         for i, names in enumerate(self.node_classes):
             for name in names:
@@ -251,10 +249,25 @@ class _Cycle:
         Feasibility depends only on the demand's shape, estimates only on its estimate
         inputs: separate caches keep a cycle over many similar demands cheap.
         """
-        shape = (d.kinds, d.classes, d.min_accelerator_memory_gib, d.excluded_classes, d.accelerators,
-                 d.cpu, d.memory, d.pods, d.gang)
-        inputs = (d.profile, d.work_units, d.subtask_type, d.estimate_seconds, d.estimate_on_class,
-                  tuple(sorted(d.estimate_by_class.items())) if d.estimate_by_class else ())
+        shape = (
+            d.kinds,
+            d.classes,
+            d.min_accelerator_memory_gib,
+            d.excluded_classes,
+            d.accelerators,
+            d.cpu,
+            d.memory,
+            d.pods,
+            d.gang,
+        )
+        inputs = (
+            d.profile,
+            d.work_units,
+            d.subtask_type,
+            d.estimate_seconds,
+            d.estimate_on_class,
+            tuple(sorted(d.estimate_by_class.items())) if d.estimate_by_class else (),
+        )
         sig = (shape, inputs, d.time_weight, d.cost_weight)
         found = self._static.get(sig)
         if found is not None:

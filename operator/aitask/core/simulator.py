@@ -410,5 +410,3 @@ def _summarise(
         observations=tuple(observations),
         learned=dict(learned),
     )
-
-

@@ -63,9 +63,7 @@ def belongs(labels: Mapping[str, str], taints: Iterable[Mapping[str, Any]], cls:
     """A node is in a class when it matches the selector and the class tolerates its hard taints."""
     if any(labels.get(k) != v for k, v in cls.node_selector.items()):
         return False
-    return all(
-        tolerates(cls.tolerations, taint) for taint in taints if taint.get("effect") in NO_SCHEDULE_EFFECTS
-    )
+    return all(tolerates(cls.tolerations, taint) for taint in taints if taint.get("effect") in NO_SCHEDULE_EFFECTS)
 
 
 def _is_ready(status: Mapping[str, Any]) -> bool:
