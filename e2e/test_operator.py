@@ -266,8 +266,12 @@ def test_operator_killed_mid_run_resumes_without_duplicates(
     names = sorted(j["metadata"]["name"] for j in list_objects(cluster, "jobs", namespace, "aitask.dev/task=crash"))
     assert names == ["crash-fusion-1", "crash-inference-1", "crash-preprocess-1"]
     assert [s["attempts"] for s in status["subtasks"]] == [1, 1, 1]
-    started = [e for e in events(cluster, namespace, involved="crash") if e["reason"] == "AttemptStarted"]
-    assert len(started) == 3, [e["message"] for e in started]
+    # No sub-task was admitted twice. (An Event is posted after the status write that records its
+    # transition, so a kill between the two may lose that one Event: Events are best-effort.)
+    started = [e["message"].split(":")[0] for e in events(cluster, namespace, involved="crash")
+               if e["reason"] == "AttemptStarted"]
+    assert len(started) == len(set(started)), started
+    assert set(started) <= {"preprocess", "inference", "fusion"}
     assert operator.starts == 2
 
 
