@@ -307,6 +307,7 @@ Row = tuple[str, str, str | None, str | None]
 ALLOWED: list[Row] = [
     ("list", "pods", None, None), ("watch", "pods", None, None), ("list", "nodes", None, None),
     ("watch", "nodes", None, None), ("create", "jobs.batch", "NS", None), ("delete", "jobs.batch", "NS", None),
+    ("patch", "jobs.batch", "NS", None),
     ("watch", "jobs.batch", None, None), ("list", "aitasks.aitask.dev", None, None),
     ("patch", "aitasks.aitask.dev", "NS", None), ("patch", "aitasks.aitask.dev", "NS", "status"),
     ("get", "aitasks.aitask.dev", "NS", "status"), ("watch", "executorclasses.aitask.dev", None, None),
@@ -320,7 +321,7 @@ DENIED: list[Row] = [
     ("delete", "nodes", None, None), ("patch", "nodes", None, None), ("delete", "pods", "NS", None),
     ("create", "pods", "NS", None), ("get", "configmaps", "NS", None), ("update", "aitasks.aitask.dev", "NS", None),
     ("delete", "aitasks.aitask.dev", "NS", None), ("create", "executorclasses.aitask.dev", None, None),
-    ("patch", "jobs.batch", "NS", None), ("create", "customresourcedefinitions.apiextensions.k8s.io", None, None),
+    ("update", "jobs.batch", "NS", None), ("create", "customresourcedefinitions.apiextensions.k8s.io", None, None),
     ("create", "clusterroles.rbac.authorization.k8s.io", None, None), ("create", "serviceaccounts/token", "NS", None),
 ]
 

@@ -150,6 +150,11 @@ def test_pipeline_runs_in_order_on_the_right_pools(cluster: Cluster, namespace: 
     reasons = [e["reason"] for e in events(cluster, namespace, involved="pipe")]
     assert "AttemptStarted" in reasons and "AllSucceeded" in reasons
 
+    # Finished Jobs get their TTL once their result is recorded (not at creation).
+    wait_for(lambda: all(j["spec"].get("ttlSecondsAfterFinished") == 3600
+                         for j in list_objects(cluster, "jobs", namespace, "aitask.dev/task=pipe")),
+             timeout=30, what="the TTL on the finished Jobs")
+
     # What ran was learned per (profile, class) and persisted in the class status.
     learned = get(cluster, "executorclass", chosen)["status"]["learned"]  # type: ignore[index]
     assert learned["registry.example/infer"]["samples"] >= 1

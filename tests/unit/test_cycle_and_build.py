@@ -165,14 +165,14 @@ def test_build_job_carries_resources_affinity_tolerations_and_owner() -> None:
         "accelerator": {"model": "FAST", "memoryGiB": 80}})
     manifest = build_job(t, t.spec.subtasks[0], attempt=2, class_name="fast", executor_class=ec,
                          nodes=("f1", "f1", "f2", "f2"), accelerators=1, cpu=4, memory=16 * 2**30,
-                         estimated_seconds=300, ttl_seconds=60)
+                         estimated_seconds=300)
     spec = manifest["spec"]
     pod = spec["template"]["spec"]
     assert manifest["metadata"]["ownerReferences"][0]["uid"] == "uid-t"
     assert spec["backoffLimit"] == 0
     assert spec["completionMode"] == "Indexed"
     assert spec["parallelism"] == 4
-    assert spec["ttlSecondsAfterFinished"] == 60
+    assert "ttlSecondsAfterFinished" not in spec  # set only once the operator has recorded the result
     res = pod["containers"][0]["resources"]
     assert res["limits"]["nvidia.com/gpu"] == "1"
     assert res["requests"] == {"cpu": "4", "memory": "16Gi", "nvidia.com/gpu": "1"}
@@ -188,7 +188,7 @@ def test_build_job_carries_resources_affinity_tolerations_and_owner() -> None:
     assert env["AITASK_CLASS"] == "fast"
     again = build_job(t, t.spec.subtasks[0], attempt=2, class_name="fast", executor_class=ec,
                       nodes=("f1", "f1", "f2", "f2"), accelerators=1, cpu=4, memory=16 * 2**30,
-                      estimated_seconds=300, ttl_seconds=60)
+                      estimated_seconds=300)
     assert again == manifest
 
 
@@ -257,3 +257,29 @@ def test_aitask_crd_has_printer_columns_cel_rules_and_descriptions() -> None:
     assert {r["fieldPath"] for r in item["x-kubernetes-validations"]} >= {".dependsOn", ".completions"}
     assert item["properties"]["executor"]["description"]
     assert executorclass_crd()["spec"]["scope"] == "Cluster"
+
+
+def test_finished_jobs_get_their_ttl_only_once_the_status_records_them() -> None:
+    from aitask.core.observed import JobView
+
+    first = cycle([body("t", [GPU_STEP])]).tasks[0].status
+    done = JobView(namespace="ns", name="t-train-1", task="t", subtask="train", attempt=1, class_name="fast",
+                   active=0, succeeded=1, failed=0, complete=True, failed_final=False, failure_reason="",
+                   failure_message="", start_time=NOW, completion_time=NOW + timedelta(seconds=30),
+                   finished_at=NOW + timedelta(seconds=30), deleting=False, spec_hash="")
+    view = ClusterView(tasks=[body("t", [GPU_STEP], status=first)], jobs=[done], pods=[], nodes=NODES,
+                       classes=CLASSES)
+    out = run_cycle(view, CycleParams(), NOW + timedelta(seconds=31)).tasks[0]
+    assert out.status is not None
+    assert out.status["phase"] == "Succeeded"
+    assert out.expire_jobs == ("t-train-1",)
+    # Once the TTL is set, nothing more to do; a finished task is otherwise left alone.
+    again = run_cycle(ClusterView(tasks=[body("t", [GPU_STEP], status=out.status)],
+                                  jobs=[done.__class__(**{**done.__dict__, "ttl_seconds": 3600})], pods=[],
+                                  nodes=NODES, classes=CLASSES), CycleParams(), NOW + timedelta(seconds=40))
+    assert again.tasks == ()
+    # A crash between the final status write and the TTL patch is healed by the next cycle.
+    healed = run_cycle(ClusterView(tasks=[body("t", [GPU_STEP], status=out.status)], jobs=[done], pods=[],
+                                   nodes=NODES, classes=CLASSES), CycleParams(), NOW + timedelta(seconds=40))
+    assert healed.tasks[0].expire_jobs == ("t-train-1",)
+    assert healed.tasks[0].status is None

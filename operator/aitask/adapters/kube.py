@@ -81,6 +81,16 @@ async def delete_job(namespace: str, name: str) -> None:
             raise
 
 
+async def expire_job(namespace: str, name: str, ttl_seconds: int) -> None:
+    """Set a finished Job's ttlSecondsAfterFinished (mutable), once its result is recorded."""
+    body = {"spec": {"ttlSecondsAfterFinished": ttl_seconds}}
+    try:
+        await _call("patch", "jobs", lambda: _client("batch").patch_namespaced_job(name, namespace, body))
+    except ApiException as err:
+        if err.status != 404:
+            raise
+
+
 async def patch_task_status(namespace: str, name: str, status: Mapping[str, Any]) -> dict[str, Any] | None:
     """Merge-patch an AITask's status subresource; None when the AITask is gone."""
     try:

@@ -84,7 +84,6 @@ def build_job(
     cpu: float,
     memory: float,
     estimated_seconds: float,
-    ttl_seconds: int,
     extra_env: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """The batch/v1 Job for one attempt of one sub-task on the chosen executor class."""
@@ -148,7 +147,8 @@ def build_job(
         "podFailurePolicy": {"rules": [{"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]}]},
         "parallelism": sub.parallelism,
         "completions": completions,
-        "ttlSecondsAfterFinished": ttl_seconds,
+        # No ttlSecondsAfterFinished here: the operator sets it once the status records the result,
+        # so a finished Job cannot be garbage-collected before the operator has read it.
         "template": {
             "metadata": {"labels": pod_labels, **({"annotations": pod_annotations} if pod_annotations else {})},
             "spec": pod_spec,

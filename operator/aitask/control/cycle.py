@@ -94,6 +94,7 @@ class TaskOutcome:
     # For the metrics, recorded once the status write that carries them succeeded:
     finished: tuple[tuple[str, str, float | None, float | None], ...] = ()  # (class, result, est. cost, cost)
     retries: tuple[tuple[str, str], ...] = ()  # (class of the new attempt, result of the failed one)
+    expire_jobs: tuple[str, ...] = ()  # finished Jobs whose result the status records: give them their TTL
 
 
 @dataclass(frozen=True)
@@ -283,6 +284,14 @@ def _plan(
     )
 
 
+def _recorded_finished_jobs(jobs: Sequence[JobView], subtasks: Sequence[Any]) -> tuple[str, ...]:
+    """Finished Jobs without a TTL whose attempt the status records as ended."""
+    ended = {(s.name, a.number) for s in subtasks for a in s.history if a.result != "Running"}
+    return tuple(
+        sorted(j.name for j in jobs if j.finished and j.ttl_seconds is None and (j.subtask, j.attempt) in ended)
+    )
+
+
 def _with_usage(st: Any, view: ClusterView, task: AITask) -> Any:
     usage = view.gpu_usage.get((task.metadata.namespace or "", task.metadata.name, st.name))
     if usage is None or st.phase != SubtaskPhase.RUNNING:
@@ -370,6 +379,17 @@ def run_cycle(view: ClusterView, params: CycleParams, now: datetime) -> CycleOut
             phases[(task.metadata.namespace or "", task.status.phase)] = (
                 phases.get((task.metadata.namespace or "", task.status.phase), 0) + 1
             )
+            expire = _recorded_finished_jobs(tjobs, task.status.subtasks)
+            if expire:  # a crash after the final status write left these without their TTL
+                outcomes.append(
+                    TaskOutcome(
+                        namespace=task.metadata.namespace or "",
+                        name=task.metadata.name,
+                        uid=task.metadata.uid or "",
+                        status=None,
+                        expire_jobs=expire,
+                    )
+                )
             continue
         tasks[key] = task
         progresses[key] = progress.derive(
@@ -507,7 +527,6 @@ def run_cycle(view: ClusterView, params: CycleParams, now: datetime) -> CycleOut
                     cpu=adm.cpu,
                     memory=adm.memory,
                     estimated_seconds=adm.chosen.runtime_seconds or 0.0,
-                    ttl_seconds=params.job_ttl_seconds,
                 )
             )
             plan = _plan(
@@ -642,6 +661,7 @@ def run_cycle(view: ClusterView, params: CycleParams, now: datetime) -> CycleOut
                 if changed
                 else (),
                 retries=tuple(retries),
+                expire_jobs=_recorded_finished_jobs(jobs_by_task.get(key, []), ordered),
             )
         )
 

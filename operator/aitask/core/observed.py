@@ -51,6 +51,11 @@ class JobView:
     finished_at: datetime | None  # completion, or the Failed condition's transition
     deleting: bool
     spec_hash: str
+    ttl_seconds: int | None = None  # spec.ttlSecondsAfterFinished; set by us once the result is recorded
+
+    @property
+    def finished(self) -> bool:
+        return self.complete or self.failed_final
 
 
 @dataclass(frozen=True)
@@ -111,6 +116,7 @@ def job_view(body: Mapping[str, Any]) -> JobView | None:
         finished_at=finished,
         deleting=bool(meta.get("deletionTimestamp")),
         spec_hash=(meta.get("annotations") or {}).get(ANNOTATION_SPEC_HASH, ""),
+        ttl_seconds=(body.get("spec") or {}).get("ttlSecondsAfterFinished"),
     )
 
 

@@ -225,6 +225,8 @@ class Engine:
                         metrics.record_cost(task.namespace, cls_name, estimated or 0.0, actual)
                 for cls_name, failed in task.retries:
                     metrics.record_retry(task.namespace, cls_name, _RESULT_LABEL.get(failed, "other"))
+                for job in task.expire_jobs:
+                    await kube.expire_job(task.namespace, job, self.settings.job_ttl_seconds)
                 for event in task.events:
                     await kube.post_event(
                         namespace=task.namespace,
