@@ -261,7 +261,11 @@ def engine(memo: kopf.Memo) -> Engine:
 async def _run_soon(eng: Engine, indexes: dict[str, kopf.Index[str, Any]], reason: str) -> None:
     await asyncio.sleep(0.2)  # coalesce a burst of watch events into one cycle
     eng.pending = None
-    await eng.run(indexes, reason)
+    try:
+        await eng.run(indexes, reason)
+    except Exception:  # noqa: BLE001 - a detached task: nobody else would see it; the timer retries
+        metrics.record_reconcile_error("Cycle", "unexpected")
+        log.exception("scheduling cycle (%s) failed; the periodic cycle will try again", reason)
 
 
 def poke(memo: kopf.Memo, indexes: dict[str, kopf.Index[str, Any]], reason: str) -> None:
