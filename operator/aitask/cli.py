@@ -96,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     crds.add_argument("--markdown", action="store_true", help="print the field reference as Markdown instead")
     crds.set_defaults(func=_cmd_crds)
 
-    agent = sub.add_parser("agent", help="run the NVML GPU exporter (see `aitask agent -- --help`)", add_help=False)
+    agent = sub.add_parser("agent", help="run the NVML GPU exporter (see `aitask agent --help`)", add_help=False)
     agent.add_argument("agent_args", nargs=argparse.REMAINDER)
     agent.set_defaults(func=_cmd_agent)
 
@@ -109,6 +109,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["agent"]:
+        # Everything after `agent` belongs to the agent's own parser (argparse's REMAINDER cannot
+        # take arguments that start with an option, such as `--port`).
+        from aitask.agent.main import main as agent_main
+
+        return agent_main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         code: int = args.func(args)
