@@ -30,6 +30,7 @@ log = logging.getLogger("aitask.scheduler")
 SETTINGS = load_settings()
 _FINISHED = ("Succeeded", "Failed", "Invalid")
 _STATUS_CACHE_SECONDS = 30.0
+MAX_FAILED_CYCLES = 5
 # Attempt.result -> the bounded label values of aitask_subtask_attempts_total / _retries_total.
 _RESULT_LABEL = {
     "Succeeded": "succeeded",
@@ -61,6 +62,11 @@ class Engine:
     last_sample: float = 0.0
     sampler: asyncio.Task[None] | None = None
     prom: PrometheusClient | None = None
+    failures: int = 0  # consecutive failed cycles; /healthz fails past MAX_FAILED_CYCLES
+
+    def healthy(self) -> bool:
+        """Liveness: a few failed cycles in a row (an API outage, a bug) make a restart worthwhile."""
+        return self.failures < MAX_FAILED_CYCLES
 
     def __post_init__(self) -> None:
         if self.settings.prometheus_url:
@@ -164,6 +170,14 @@ class Engine:
         return out
 
     async def run(self, indexes: dict[str, kopf.Index[str, Any]], reason: str) -> None:
+        try:
+            await self._run(indexes, reason)
+        except Exception:
+            self.failures += 1
+            raise
+        self.failures = 0
+
+    async def _run(self, indexes: dict[str, kopf.Index[str, Any]], reason: str) -> None:
         async with self.lock:
             start = time.perf_counter()
             self.last_run = time.monotonic()

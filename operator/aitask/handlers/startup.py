@@ -30,7 +30,8 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     kube.configure()
     memo.engine = Engine(settings=SETTINGS)  # shared by every object's memo copy
     if SETTINGS.metrics_port:
-        memo.metrics_server = metrics.serve_metrics(SETTINGS.metrics_host, SETTINGS.metrics_port, lambda: True)
+        engine: Engine = memo.engine
+        memo.metrics_server = metrics.serve_metrics(SETTINGS.metrics_host, SETTINGS.metrics_port, engine.healthy)
         log.info("metrics and health on %s:%d", SETTINGS.metrics_host, memo.metrics_server.port)
 
 
