@@ -283,3 +283,22 @@ def test_finished_jobs_get_their_ttl_only_once_the_status_records_them() -> None
                                    nodes=NODES, classes=CLASSES), CycleParams(), NOW + timedelta(seconds=40))
     assert healed.tasks[0].expire_jobs == ("t-train-1",)
     assert healed.tasks[0].status is None
+
+
+def test_running_work_is_reestimated_with_what_was_learned_since_admission() -> None:
+    from aitask.control.cycle import _expected_runtime
+    from aitask.core import estimator, snapshot
+    from aitask.core.types import Learned
+
+    first = cycle([body("t", [GPU_STEP])]).tasks[0].status
+    t = api.AITask.model_validate(body("t", [GPU_STEP], status=first))
+    st = t.status.subtask("train")
+    assert st is not None
+    assert st.plan is not None
+    planned = st.plan.estimated_seconds
+    infos = {c["metadata"]["name"]: snapshot.class_info(api.ExecutorClass.model_validate(c)) for c in CLASSES}
+    cls = st.plan.class_name
+    learned = {("r/train", cls): Learned(seconds_per_unit=planned / 10, samples=50)}
+    now_known = _expected_runtime(t, st, infos, estimator.Estimator(infos, learned), CycleParams())
+    assert now_known < planned / 2
+    assert _expected_runtime(t, st, infos, estimator.Estimator(infos, {}), CycleParams()) == pytest.approx(planned)

@@ -284,6 +284,24 @@ def _plan(
     )
 
 
+def _expected_runtime(
+    task: AITask, st: Any, infos: Mapping[str, ClassInfo], estimates: estimator.Estimator, params: CycleParams
+) -> float:
+    """T of a running attempt on its class with today's knowledge; the plan's figure if it cannot be redone."""
+    plan = st.plan
+    if plan.class_name not in infos or st.name not in {s.name for s in task.spec.subtasks}:
+        return float(plan.estimated_seconds)
+    demand = snapshot.demand_for(
+        task,
+        task.spec.subtask(st.name),
+        max(1, st.attempts),
+        now=0.0,
+        default_time_weight=params.default_time_weight,
+        default_cost_weight=params.default_cost_weight,
+    )
+    return estimates.estimate(demand, plan.class_name).seconds
+
+
 def _recorded_finished_jobs(jobs: Sequence[JobView], subtasks: Sequence[Any]) -> tuple[str, ...]:
     """Finished Jobs without a TTL whose attempt the status records as ended."""
     ended = {(s.name, a.number) for s in subtasks for a in s.history if a.result != "Running"}
@@ -433,7 +451,8 @@ def run_cycle(view: ClusterView, params: CycleParams, now: datetime) -> CycleOut
                 )
             learned_changed.add(obs.class_name)
 
-    # 3. snapshot
+    # 3. snapshot (running work is re-estimated with what was learned since its admission)
+    estimates = estimator.Estimator(infos, learned)
     used = _usage(view, tasks, progresses, infos)
     nodes = []
     for body in view.nodes:
@@ -463,13 +482,15 @@ def run_cycle(view: ClusterView, params: CycleParams, now: datetime) -> CycleOut
             ready_index[demand.key] = (key, r)
         for st in prog.status.subtasks:
             if st.phase == SubtaskPhase.RUNNING and st.plan is not None:
-                elapsed = (now - st.start_time).total_seconds() if st.start_time else 0.0
+                current = st.history[-1] if st.history else None
+                started = current.start_time if current is not None and current.start_time else st.start_time
+                elapsed = (now - started).total_seconds() if started else 0.0
                 pods = max(1, len(st.plan.nodes))
                 running.append(
                     Running(
                         key=SubtaskKey(task.metadata.namespace or "default", task.metadata.name, st.name),
                         class_name=st.plan.class_name,
-                        remaining_seconds=max(0.0, st.plan.estimated_seconds - elapsed),
+                        remaining_seconds=max(0.0, _expected_runtime(task, st, infos, estimates, params) - elapsed),
                         accelerators=st.plan.accelerators * pods,
                         cpu=parse_quantity(st.plan.cpu or "0") * pods,
                     )
