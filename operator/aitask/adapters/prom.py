@@ -40,6 +40,8 @@ from prometheus_api_client import PrometheusConnect
 from prometheus_api_client.exceptions import PrometheusApiClientException
 from urllib3.util.retry import Retry
 
+from aitask.core.usage import combine
+
 logger = logging.getLogger(__name__)
 
 GPU_UTIL_METRIC = "DCGM_FI_DEV_GPU_UTIL"
@@ -197,17 +199,16 @@ class GpuUsage:
 
 
 def aggregate_pods(usages: Iterable[PodGpuUsage], sampled_at: datetime) -> GpuUsage | None:
-    """Combine per-pod usage into one attempt's: mean of the means, max of the peaks; None if no pod."""
+    """Combine per-pod usage into one attempt's (core.usage.combine); None if no pod."""
     pods = list(usages)
-    if not pods:
+    combined = combine((p.util_avg_percent, p.util_max_percent, p.memory_used_max_bytes) for p in pods)
+    if combined is None:
         return None
-    avgs = [pod.util_avg_percent for pod in pods if pod.util_avg_percent is not None]
-    maxes = [pod.util_max_percent for pod in pods if pod.util_max_percent is not None]
-    memory = [pod.memory_used_max_bytes for pod in pods if pod.memory_used_max_bytes is not None]
+    avg, peak, memory = combined
     return GpuUsage(
-        util_avg_percent=sum(avgs) / len(avgs) if avgs else None,
-        util_max_percent=max(maxes) if maxes else None,
-        memory_used_max_bytes=max(memory) if memory else None,
+        util_avg_percent=avg,
+        util_max_percent=peak,
+        memory_used_max_bytes=None if memory is None else int(memory),
         pods=len(pods),
         sampled_at=sampled_at,
     )

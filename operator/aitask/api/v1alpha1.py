@@ -12,7 +12,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
 GROUP = "aitask.dev"
@@ -26,6 +26,9 @@ MAX_SUBTASK_NAME = 40
 
 
 Quantity = Annotated[str, Field(pattern=QUANTITY, max_length=64)]
+# Map values that must be > 0 (speeds, runtimes); the CRD schema carries the bound, so the API
+# server rejects a zero or negative value with the key in the field path.
+PositiveFloat = Annotated[float, Field(gt=0)]
 
 
 class Model(BaseModel):
@@ -114,17 +117,9 @@ class Speed(Model):
     """Prior relative throughput (higher is faster), used before any runtime is observed."""
 
     default: float = Field(1.0, gt=0, description="Relative speed for profiles not listed.")
-    profiles: dict[str, float] = Field(
+    profiles: dict[str, PositiveFloat] = Field(
         default_factory=dict, description="Relative speed per workload profile (each > 0)."
     )
-
-    @field_validator("profiles")
-    @classmethod
-    def _positive(cls, value: dict[str, float]) -> dict[str, float]:
-        bad = [k for k, v in value.items() if v <= 0]
-        if bad:
-            raise ValueError(f"speeds must be > 0 (profiles {', '.join(sorted(bad))})")
-        return value
 
 
 class ExecutorClassSpec(Model):
@@ -284,17 +279,9 @@ class Estimate(Model):
 
     seconds: float | None = Field(None, gt=0, description="Runtime on the class `onClass`.")
     on_class: str | None = Field(None, description="Reference class of `seconds`; default: speed 1.0.")
-    seconds_by_class: dict[str, float] = Field(
+    seconds_by_class: dict[str, PositiveFloat] = Field(
         default_factory=dict, description="Runtime per class name (oracle for `aitask simulate`)."
     )
-
-    @field_validator("seconds_by_class")
-    @classmethod
-    def _positive(cls, value: dict[str, float]) -> dict[str, float]:
-        bad = [k for k, v in value.items() if v <= 0]
-        if bad:
-            raise ValueError(f"runtimes must be > 0 (classes {', '.join(sorted(bad))})")
-        return value
 
 
 class Work(Model):

@@ -52,6 +52,7 @@ from aitask.core.types import (
     Snapshot,
     SubtaskKey,
 )
+from aitask.core.usage import combine
 
 
 @dataclass(frozen=True)
@@ -318,17 +319,17 @@ def _with_usage(st: Any, view: ClusterView, task: AITask) -> Any:
 
 
 def _task_metrics(subtasks: Sequence[Any]) -> TaskMetrics | None:
-    """Task-level GPU use: the mean of the sub-tasks' averages, the max of their peaks."""
-    sampled = [s.metrics for s in subtasks if s.metrics is not None]
-    if not sampled:
+    """Task-level GPU use: the sub-tasks' samples combined like pods into an attempt (core.usage)."""
+    combined = combine(
+        (m.gpu_util_avg, m.gpu_util_max, m.gpu_memory_used_max_bytes)
+        for m in (s.metrics for s in subtasks)
+        if m is not None
+    )
+    if combined is None:
         return None
-    avgs = [m.gpu_util_avg for m in sampled if m.gpu_util_avg is not None]
-    peaks = [m.gpu_util_max for m in sampled if m.gpu_util_max is not None]
-    mems = [m.gpu_memory_used_max_bytes for m in sampled if m.gpu_memory_used_max_bytes is not None]
+    avg, peak, memory = combined
     return TaskMetrics(
-        gpu_util_avg=round(sum(avgs) / len(avgs), 1) if avgs else None,
-        gpu_util_max=max(peaks) if peaks else None,
-        gpu_memory_used_max_bytes=max(mems) if mems else None,
+        gpu_util_avg=None if avg is None else round(avg, 1), gpu_util_max=peak, gpu_memory_used_max_bytes=memory
     )
 
 
