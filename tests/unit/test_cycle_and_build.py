@@ -116,7 +116,7 @@ def test_parse_task_names_the_field_of_a_schema_error() -> None:
 
 def test_capacity_held_by_other_pods_defers_with_the_reason() -> None:
     hog = PodView(namespace="other", name="hog", job="", node="f1", phase="Running", terminated_reason="",
-                  exit_code=None, disruption_reason="", deleting=False, requests={"nvidia.com/gpu": "4"})
+                  exit_code=None, deleting=False, requests={"nvidia.com/gpu": "4"})
     step = {**GPU_STEP, "executor": {"accelerators": 4, "classes": ["fast"]}}
     out = cycle([body("t", [step])], pods=[hog])
     (task,) = out.tasks

@@ -43,7 +43,7 @@ def job(sub: str, attempt: int, *, cls: str = "small", state: str = "active", re
 
 def failed_pod(job_name: str, reason: str = "Error", code: int = 1) -> PodView:
     return PodView(namespace="ns", name=f"{job_name}-x", job=job_name, node="n1", phase="Failed",
-                   terminated_reason=reason, exit_code=code, disruption_reason="", deleting=False, requests={})
+                   terminated_reason=reason, exit_code=code, deleting=False, requests={})
 
 
 def running(sub: str, attempt: int, cls: str = "small", history: list[dict[str, Any]] | None = None) -> dict[str, Any]:
@@ -231,3 +231,20 @@ def test_retry_delay_uses_the_subtask_backoff_else_the_operator_default(own: flo
     a = prog.status.subtask("a")
     assert a is not None
     assert a.retry_after == now + timedelta(seconds=expected)
+
+
+def test_attempts_stopped_by_a_failed_task_are_cancelled_and_counted_once() -> None:
+    now = T0 + timedelta(seconds=100)
+    history = [{"number": 1, "job": "t-b-1", "class": "small", "result": "Failed"},
+               {"number": 2, "job": "t-b-2", "class": "small", "startTime": T0.isoformat()}]
+    steps = [*PIPE, {"name": "d", "image": "x/d:1"}]
+    t = task(steps, {"subtasks": [{"name": "a", "phase": "Succeeded", "attempts": 1},
+                                  running("b", 2, history=history), running("d", 1, "cpu")]})
+    prog = derive(t, [job("b", 2, state="failed", reason="BackoffLimitExceeded", end=now), job("d", 1, cls="cpu")],
+                  [failed_pod("t-b-2")], CLASSES, now)
+    d = prog.status.subtask("d")
+    assert d is not None
+    assert d.phase == SubtaskPhase.SKIPPED
+    assert d.history[-1].result == "Cancelled"
+    assert "t-d-1" in prog.delete_jobs
+    assert sorted(a.result for a, _ in prog.finished) == ["Cancelled", "Failed"]

@@ -449,8 +449,10 @@ class Attempt(StatusModel):
     number: int = Field(description="Attempt number, from 1.")
     job: str = Field(description="Name of the attempt's Job.")
     class_name: str = Field(alias="class", description="ExecutorClass of the attempt.")
-    result: Literal["Running", "Succeeded", "Failed", "OOMKilled", "NodeLost", "DeadlineExceeded"] = Field(
-        "Running", description="Running, Succeeded, Failed, OOMKilled, NodeLost or DeadlineExceeded."
+    result: Literal["Running", "Succeeded", "Failed", "OOMKilled", "DeadlineExceeded", "Cancelled"] = Field(
+        "Running",
+        description="Running, Succeeded, Failed, OOMKilled, DeadlineExceeded or Cancelled (stopped because the task "
+        "failed); a pod lost with its node is replaced by the Job, not an attempt result.",
     )
     exit_code: int | None = Field(None, description="Exit code of the failed container, if any.")
     reason: str = Field("", description="Why it ended this way.")

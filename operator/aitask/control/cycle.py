@@ -114,7 +114,6 @@ class CycleOutcome:
     class_status: Mapping[str, dict[str, Any]]  # class -> whole new status, only changed ones
     stats: CycleStats
     warnings: tuple[str, ...] = ()
-    snapshot: Snapshot | None = field(default=None, repr=False)
 
 
 def validation_message(err: ValidationError) -> str:
@@ -730,6 +729,4 @@ def run_cycle(view: ClusterView, params: CycleParams, now: datetime) -> CycleOut
         waits=tuple(waits),
         observations=tuple(observed_stats),
     )
-    return CycleOutcome(
-        tasks=tuple(outcomes), class_status=class_status, stats=stats, warnings=tuple(warnings), snapshot=snap
-    )
+    return CycleOutcome(tasks=tuple(outcomes), class_status=class_status, stats=stats, warnings=tuple(warnings))

@@ -77,8 +77,3 @@ def get_condition(conditions: Sequence[Condition], type_: str) -> Condition | No
         if cond.type == type_:
             return cond
     return None
-
-
-def is_true(conditions: Sequence[Condition], type_: str) -> bool:
-    cond = get_condition(conditions, type_)
-    return cond is not None and cond.status == "True"

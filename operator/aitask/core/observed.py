@@ -19,9 +19,6 @@ LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 MANAGER = "aitask-operator"
 ANNOTATION_SPEC_HASH = "aitask.dev/spec-hash"
 
-# Pod/Job reasons that tell a lost node apart from a failing program.
-_NODE_LOST_REASONS = frozenset({"DeletionByPodGC", "NodeLost", "TerminationByKubelet", "DeletionByTaintManager"})
-
 
 def parse_time(value: Any) -> datetime | None:
     if not value:
@@ -67,17 +64,12 @@ class PodView:
     phase: str
     terminated_reason: str  # of the first terminated container, e.g. OOMKilled, Error
     exit_code: int | None
-    disruption_reason: str  # reason of a DisruptionTarget condition, e.g. DeletionByPodGC
     deleting: bool
     requests: Mapping[str, str]  # summed container requests, as quantities
 
     @property
     def terminal(self) -> bool:
         return self.phase in ("Succeeded", "Failed")
-
-    @property
-    def node_lost(self) -> bool:
-        return self.disruption_reason in _NODE_LOST_REASONS or self.terminated_reason in _NODE_LOST_REASONS
 
 
 def job_view(body: Mapping[str, Any]) -> JobView | None:
@@ -147,10 +139,6 @@ def pod_view(body: Mapping[str, Any]) -> PodView:
             exit_code = term.get("exitCode")
             if terminated_reason == "OOMKilled" or (exit_code not in (0, None)):
                 break
-    disruption = next(
-        (c.get("reason", "") for c in status.get("conditions") or [] if c.get("type") == "DisruptionTarget"),
-        "",
-    )
     job = labels.get("batch.kubernetes.io/job-name") or labels.get("job-name") or ""
     return PodView(
         namespace=meta.get("namespace", ""),
@@ -160,7 +148,6 @@ def pod_view(body: Mapping[str, Any]) -> PodView:
         phase=status.get("phase", "Pending") or "Pending",
         terminated_reason=terminated_reason or (status.get("reason", "") or ""),
         exit_code=exit_code,
-        disruption_reason=disruption or "",
         deleting=bool(meta.get("deletionTimestamp")),
         requests=_sum_requests(spec),
     )

@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
@@ -89,7 +89,6 @@ class TaskProgress:
     delete_jobs: tuple[str, ...] = ()
     events: tuple[EventSpec, ...] = ()
     observations: tuple[Observation, ...] = ()
-    running_classes: Mapping[str, str] = field(default_factory=dict)  # subtask -> class of running attempt
     # Attempts that ended in this derive (each appears exactly once: the status written with it
     # records the end), with the plan's estimated cost: what the metrics count.
     finished: tuple[tuple[Attempt, float | None], ...] = ()
@@ -155,7 +154,6 @@ def derive(
     finished: list[tuple[Attempt, float | None]] = []
     delete: list[str] = []
     ready: list[Ready] = []
-    running_classes: dict[str, str] = {}
     changed_while_running: list[str] = []
     out: dict[str, SubtaskStatus] = {}
 
@@ -193,8 +191,7 @@ def derive(
                         finish_time=now,
                     )
                     st = _after_failure(sub, st, attempt, classes, now, (backoff_seconds, backoff_max_seconds), events)
-                else:
-                    running_classes[sub.name] = attempt.class_name
+                # else: created moments ago and not in the watch cache yet: still running
             else:
                 job_pods = pods_by_job.get(current.name, [])
                 nodes = sorted({p.node for p in job_pods if p.node and not p.terminal})
@@ -264,7 +261,6 @@ def derive(
                     st = _after_failure(sub, st, attempt, classes, now, (backoff_seconds, backoff_max_seconds), events)
                 else:
                     attempt = _upd(attempt, start_time=start)
-                    running_classes[sub.name] = current.class_name
                     st = _upd(
                         st,
                         nodes=nodes or st.nodes,
@@ -307,7 +303,7 @@ def derive(
         if old.name not in spec_names and old.phase == SubtaskPhase.RUNNING and old.job:
             delete.append(old.job)
 
-    status = _task_level(task, out, now, events, delete, ready, changed_while_running)
+    status = _task_level(task, out, now, events, delete, ready, changed_while_running, finished)
     return TaskProgress(
         status=status,
         ready=tuple(ready) if status.phase not in (TaskPhase.FAILED, TaskPhase.SUCCEEDED) else (),
@@ -315,7 +311,6 @@ def derive(
         events=tuple(events),
         observations=tuple(observations),
         finished=tuple(finished),
-        running_classes=running_classes,
     )
 
 
@@ -383,6 +378,7 @@ def _task_level(
     delete: list[str],
     ready: list[Ready],
     changed_while_running: list[str],
+    finished: list[tuple[Attempt, float | None]],
 ) -> AITaskStatus:
     prev = task.status
     gen = task.metadata.generation
@@ -444,7 +440,11 @@ def _task_level(
         for s in ordered:
             if s.phase == SubtaskPhase.RUNNING and s.job:
                 delete.append(s.job)
-                fixed[s.name] = _upd(s, phase=SubtaskPhase.SKIPPED, message="stopped: the task failed")
+                history = list(s.history)
+                if history and history[-1].result == "Running":
+                    history[-1] = _upd(history[-1], result="Cancelled", reason="the task failed", finish_time=now)
+                    finished.append((history[-1], s.plan.estimated_cost if s.plan else None))
+                fixed[s.name] = _upd(s, phase=SubtaskPhase.SKIPPED, message="stopped: the task failed", history=history)
             elif s.phase not in _TERMINAL:
                 fixed[s.name] = _upd(s, phase=SubtaskPhase.SKIPPED, message="skipped: the task failed")
         ordered = [fixed.get(s.name, s) for s in ordered]

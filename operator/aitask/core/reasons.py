@@ -16,11 +16,8 @@ class ConditionType(StrEnum):
 
 
 class Reason(StrEnum):
-    VALID = "Valid"
     INVALID_SCHEMA = "InvalidSchema"
     DEPENDENCY_CYCLE = "DependencyCycle"
-    UNKNOWN_CLASS = "UnknownClass"
-    ADMITTED = "Admitted"
     WAITING_FOR_CAPACITY = "WaitingForCapacity"
     NO_FEASIBLE_CLASS = "NoFeasibleClass"
     ALL_PLANNED = "AllPlanned"
@@ -28,15 +25,12 @@ class Reason(StrEnum):
     ATTEMPT_SUCCEEDED = "AttemptSucceeded"
     ATTEMPT_FAILED = "AttemptFailed"
     OOM_KILLED = "OOMKilled"
-    NODE_LOST = "NodeLost"
     RETRYING = "Retrying"
     RETRIES_EXHAUSTED = "RetriesExhausted"
     DEADLINE_EXCEEDED = "DeadlineExceeded"
-    DEPENDENCY_FAILED = "DependencyFailed"
     ALL_SUCCEEDED = "AllSucceeded"
     IN_PROGRESS = "InProgress"
     IDLE = "Idle"
     PROMETHEUS_UNREACHABLE = "PrometheusUnreachable"
     PROMETHEUS_OK = "PrometheusOK"
     RUNNING_SUBTASK_CHANGED = "RunningSubtaskChanged"
-    NO_CHANGE = "NoChange"

@@ -37,7 +37,7 @@ _RESULT_LABEL = {
     "Failed": "failed",
     "OOMKilled": "oom_killed",
     "DeadlineExceeded": "deadline_exceeded",
-    "NodeLost": "node_lost",
+    "Cancelled": "cancelled",
 }
 
 
