@@ -20,15 +20,25 @@ VERSION = "v1alpha1"
 API_VERSION: Final = "aitask.dev/v1alpha1"
 
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
-QUANTITY = r"^[+]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+|Ki|Mi|Gi|Ti|Pi|Ei|[numkMGTPE])?$"
+QUANTITY = r"^[+]?([0-9]{1,30}(\.[0-9]{0,30})?|\.[0-9]{1,30})([eE][+-]?[0-9]{1,2}|Ki|Mi|Gi|Ti|Pi|Ei|[numkMGTPE])?$"
 MAX_SUBTASKS = 64
 MAX_SUBTASK_NAME = 40
+# Sane ranges for numbers the cycle computes with: every value the API server accepts must keep
+# times, runtimes and costs finite (a deadline of 1e12 s overflowed datetime, an estimate of 1e308
+# made every score infinite). Ten years is longer than any batch job; speeds span a 1000x range.
+MAX_SECONDS = 10 * 365 * 24 * 3600
+MAX_WEIGHT = 1e6
+MAX_PRICE = 1e6
+MAX_GIB = 1e6
+MIN_SPEED, MAX_SPEED = 1e-3, 1e3
+MAX_WORK_UNITS = 1e9
 
 
 Quantity = Annotated[str, Field(pattern=QUANTITY, max_length=64)]
-# Map values that must be > 0 (speeds, runtimes); the CRD schema carries the bound, so the API
-# server rejects a zero or negative value with the key in the field path.
-PositiveFloat = Annotated[float, Field(gt=0)]
+# Map values with a range (speeds, runtimes); the CRD schema carries the bounds, so the API
+# server rejects a value out of range with the key in the field path.
+SpeedValue = Annotated[float, Field(ge=MIN_SPEED, le=MAX_SPEED)]
+Seconds = Annotated[float, Field(gt=0, le=MAX_SECONDS)]
 
 
 class Model(BaseModel):
@@ -99,26 +109,28 @@ class Accelerator(Model):
     )
     model: str = Field(description="Product name, as in the node label nvidia.com/gpu.product.")
     memory_gi_b: float = Field(
-        gt=0, alias="memoryGiB", description="Memory of one accelerator in GiB (OOM escalation uses it)."
+        gt=0, le=MAX_GIB, alias="memoryGiB", description="Memory of one accelerator in GiB (OOM escalation uses it)."
     )
 
 
 class Price(Model):
     """What an hour of each resource costs, in the platform's currency."""
 
-    accelerator_hour: float = Field(0.0, ge=0, description="Price of one accelerator for one hour.")
-    cpu_hour: float = Field(0.0, ge=0, description="Price of one CPU core for one hour.")
+    accelerator_hour: float = Field(0.0, ge=0, le=MAX_PRICE, description="Price of one accelerator for one hour.")
+    cpu_hour: float = Field(0.0, ge=0, le=MAX_PRICE, description="Price of one CPU core for one hour.")
     memory_gi_b_hour: float = Field(
-        0.0, ge=0, alias="memoryGiBHour", description="Price of one GiB of memory for one hour."
+        0.0, ge=0, le=MAX_PRICE, alias="memoryGiBHour", description="Price of one GiB of memory for one hour."
     )
 
 
 class Speed(Model):
     """Prior relative throughput (higher is faster), used before any runtime is observed."""
 
-    default: float = Field(1.0, gt=0, description="Relative speed for profiles not listed.")
-    profiles: dict[str, PositiveFloat] = Field(
-        default_factory=dict, description="Relative speed per workload profile (each > 0)."
+    default: float = Field(
+        1.0, ge=MIN_SPEED, le=MAX_SPEED, description="Relative speed for profiles not listed (0.001 to 1000)."
+    )
+    profiles: dict[str, SpeedValue] = Field(
+        default_factory=dict, description="Relative speed per workload profile (each 0.001 to 1000)."
     )
 
 
@@ -213,8 +225,8 @@ GPU_BY_DEFAULT = frozenset({SubtaskType.INFERENCE, SubtaskType.TRAINING, Subtask
 class Objective(Model):
     """Weights of F = timeWeight * (wait + runtime in s) + costWeight * cost; unset uses operator defaults."""
 
-    time_weight: float | None = Field(None, ge=0, description="alpha, per second of wait + runtime.")
-    cost_weight: float | None = Field(None, ge=0, description="beta, per currency unit of cost.")
+    time_weight: float | None = Field(None, ge=0, le=MAX_WEIGHT, description="alpha, per second of wait + runtime.")
+    cost_weight: float | None = Field(None, ge=0, le=MAX_WEIGHT, description="beta, per currency unit of cost.")
 
 
 class EnvVar(Model):
@@ -270,22 +282,26 @@ class Executor(Model):
     cpu: Quantity | None = Field(None, description="CPU request per pod; default by type (e.g. '1').")
     memory: Quantity | None = Field(None, description="Memory request per pod; default by type.")
     min_accelerator_memory_gi_b: float | None = Field(
-        None, gt=0, alias="minAcceleratorMemoryGiB", description="Only classes with at least this much."
+        None, gt=0, le=MAX_GIB, alias="minAcceleratorMemoryGiB", description="Only classes with at least this much."
     )
 
 
 class Estimate(Model):
     """Runtime hints used before the operator has learned this profile."""
 
-    seconds: float | None = Field(None, gt=0, description="Runtime on the class `onClass`.")
+    seconds: float | None = Field(
+        None, gt=0, le=MAX_SECONDS, description="Runtime on the class `onClass` (at most ten years)."
+    )
     on_class: str | None = Field(None, description="Reference class of `seconds`; default: speed 1.0.")
-    seconds_by_class: dict[str, PositiveFloat] = Field(
+    seconds_by_class: dict[str, Seconds] = Field(
         default_factory=dict, description="Runtime per class name (oracle for `aitask simulate`)."
     )
 
 
 class Work(Model):
-    units: float = Field(1.0, gt=0, description="Size of the work; learned runtimes are per unit.")
+    units: float = Field(
+        1.0, gt=0, le=MAX_WORK_UNITS, description="Size of the work; learned runtimes are per unit."
+    )
 
 
 class RetryPolicy(Model):
@@ -330,7 +346,9 @@ class Subtask(Model):
     work: Work = Field(default_factory=Work, description="Size of the work, for learned per-unit runtimes.")
     estimate: Estimate = Field(default_factory=Estimate)
     retry: RetryPolicy = Field(default_factory=RetryPolicy, description="Retries, backoff and OOM escalation.")
-    timeout_seconds: int | None = Field(None, ge=1, description="activeDeadlineSeconds of each attempt.")
+    timeout_seconds: int | None = Field(
+        None, ge=1, le=MAX_SECONDS, description="activeDeadlineSeconds of each attempt (at most ten years)."
+    )
     pod_metadata: PodMetadata = Field(default_factory=PodMetadata)
 
     @property
@@ -356,7 +374,9 @@ class Subtask(Model):
 
 
 class Deadline(Model):
-    seconds: int = Field(ge=1, description="The task fails if not finished this long after creation.")
+    seconds: int = Field(
+        ge=1, le=MAX_SECONDS, description="The task fails if not finished this long after creation (at most ten years)."
+    )
 
 
 class AITaskSpec(Model):

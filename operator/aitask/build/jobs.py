@@ -12,13 +12,16 @@ from typing import Any
 
 from aitask.api.v1alpha1 import API_VERSION, AITask, ExecutorClassSpec, Subtask
 from aitask.core.observed import (
+    ANNOTATION_CLASS,
     ANNOTATION_SPEC_HASH,
+    ANNOTATION_TASK,
     LABEL_ATTEMPT,
     LABEL_CLASS,
     LABEL_MANAGED_BY,
     LABEL_SUBTASK,
     LABEL_TASK,
     MANAGER,
+    label_value,
 )
 from aitask.core.progress import subtask_hash
 from aitask.core.quantity import format_cpu, format_memory
@@ -42,10 +45,10 @@ def job_name(task: str, subtask: str, attempt: int) -> str:
 
 def _labels(task: AITask, sub: Subtask, attempt: int, class_name: str) -> dict[str, str]:
     return {
-        LABEL_TASK: task.metadata.name,
+        LABEL_TASK: label_value(task.metadata.name),
         LABEL_SUBTASK: sub.name,
         LABEL_ATTEMPT: str(attempt),
-        LABEL_CLASS: class_name,
+        LABEL_CLASS: label_value(class_name),
         LABEL_MANAGED_BY: MANAGER,
     }
 
@@ -166,6 +169,8 @@ def build_job(
             "namespace": meta.namespace,
             "labels": labels,
             "annotations": {
+                ANNOTATION_TASK: task.metadata.name,
+                ANNOTATION_CLASS: class_name,
                 ANNOTATION_SPEC_HASH: subtask_hash(sub),
                 ANNOTATION_ESTIMATED_SECONDS: f"{estimated_seconds:.1f}",
                 ANNOTATION_PLANNED_NODES: ",".join(nodes),

@@ -106,6 +106,7 @@ class CycleStats:
     waits: tuple[tuple[str, float], ...]  # (class, seconds from ready to admission) for this cycle's admissions
     observations: tuple[tuple[str, str, float, float | None, float | None], ...]
     # (namespace, class, actual s, estimated s, average GPU utilisation %) per finished attempt
+    errors: tuple[tuple[str, str], ...] = ()  # (task key, exception class) of tasks isolated this cycle
 
 
 @dataclass(frozen=True)
@@ -175,6 +176,39 @@ def _invalid(body: Mapping[str, Any], message: str, now: datetime) -> TaskOutcom
         status=status,
         events=events,
     )
+
+
+def _internal_error(body: Mapping[str, Any], err: Exception, now: datetime) -> TaskOutcome:
+    """The task whose processing raised: an InternalError condition and one Event; the cycle goes on."""
+    meta = body.get("metadata", {})
+    prev = _status_only(body)
+    message = (
+        f"the operator could not process this AITask ({type(err).__name__}: {str(err)[:400]}); "
+        "it is tried again when the AITask changes"
+    )
+    conds, changed = cond.set_condition(
+        prev.conditions,
+        type_=ConditionType.INTERNAL_ERROR,
+        status=True,
+        reason=Reason.PROCESSING_FAILED,
+        message=message,
+        now=now,
+        generation=meta.get("generation"),
+    )
+    new = prev.model_copy(update={"conditions": conds})
+    status = _wire(new) if _wire(new) != _wire(prev) else None
+    return TaskOutcome(
+        namespace=meta.get("namespace", ""),
+        name=meta.get("name", ""),
+        uid=meta.get("uid", ""),
+        status=status,
+        events=(EventSpec("Warning", Reason.PROCESSING_FAILED, message),) if status is not None and changed else (),
+    )
+
+
+def _task_key(body: Mapping[str, Any]) -> str:
+    meta = body.get("metadata", {})
+    return f"{meta.get('namespace') or 'default'}/{meta.get('name', '')}"
 
 
 def _wire(status: AITaskStatus | ExecutorClassStatus) -> dict[str, Any]:

@@ -6,6 +6,7 @@ reconcile logic reads typed values instead of digging through dicts.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -18,6 +19,20 @@ LABEL_CLASS = "aitask.dev/class"
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 MANAGER = "aitask-operator"
 ANNOTATION_SPEC_HASH = "aitask.dev/spec-hash"
+# Label values are limited to 63 characters while AITask and ExecutorClass names may have 253:
+# the labels carry a shortened value (``label_value``) and these annotations the full names.
+ANNOTATION_TASK = "aitask.dev/task-name"
+ANNOTATION_CLASS = "aitask.dev/class-name"
+MAX_LABEL_VALUE = 63
+
+
+def label_value(name: str) -> str:
+    """``name`` as a valid label value: unchanged up to 63 characters, else a prefix and a stable hash."""
+    if len(name) <= MAX_LABEL_VALUE:
+        return name
+    digest = hashlib.sha256(name.encode()).hexdigest()[:10]
+    head = name[: MAX_LABEL_VALUE - len(digest) - 1].rstrip("-._")
+    return f"{head}-{digest}"
 
 
 def parse_time(value: Any) -> datetime | None:
@@ -82,6 +97,7 @@ def job_view(body: Mapping[str, Any]) -> JobView | None:
         attempt = int(labels.get(LABEL_ATTEMPT, "0"))
     except ValueError:
         return None
+    annotations = meta.get("annotations") or {}
     status = body.get("status") or {}
     conditions = status.get("conditions") or []
     complete = any(c.get("type") == "Complete" and c.get("status") == "True" for c in conditions)
@@ -92,10 +108,10 @@ def job_view(body: Mapping[str, Any]) -> JobView | None:
     return JobView(
         namespace=meta.get("namespace", ""),
         name=meta.get("name", ""),
-        task=labels[LABEL_TASK],
+        task=annotations.get(ANNOTATION_TASK) or labels[LABEL_TASK],
         subtask=labels[LABEL_SUBTASK],
         attempt=attempt,
-        class_name=labels.get(LABEL_CLASS, ""),
+        class_name=annotations.get(ANNOTATION_CLASS) or labels.get(LABEL_CLASS, ""),
         active=int(status.get("active") or 0),
         succeeded=int(status.get("succeeded") or 0),
         failed=int(status.get("failed") or 0),
@@ -107,7 +123,7 @@ def job_view(body: Mapping[str, Any]) -> JobView | None:
         completion_time=parse_time(status.get("completionTime")),
         finished_at=finished,
         deleting=bool(meta.get("deletionTimestamp")),
-        spec_hash=(meta.get("annotations") or {}).get(ANNOTATION_SPEC_HASH, ""),
+        spec_hash=annotations.get(ANNOTATION_SPEC_HASH, ""),
         ttl_seconds=(body.get("spec") or {}).get("ttlSecondsAfterFinished"),
     )
 

@@ -13,6 +13,7 @@ class ConditionType(StrEnum):
     INVALID_SPEC = "InvalidSpec"
     METRICS_UNAVAILABLE = "MetricsUnavailable"
     SPEC_CHANGE_IGNORED = "SpecChangeIgnored"
+    INTERNAL_ERROR = "InternalError"  # the operator failed processing this task; the others go on
 
 
 class Reason(StrEnum):
@@ -34,3 +35,5 @@ class Reason(StrEnum):
     PROMETHEUS_UNREACHABLE = "PrometheusUnreachable"
     PROMETHEUS_OK = "PrometheusOK"
     RUNNING_SUBTASK_CHANGED = "RunningSubtaskChanged"
+    PROCESSING_FAILED = "ProcessingFailed"
+    JOB_REJECTED = "JobRejected"

@@ -442,7 +442,7 @@ class _Cycle:
         def best_of(i: int) -> tuple[float, int]:
             v = weights[i]
             best_cost = math.inf
-            best_j = -1
+            best_j = cands[i][0][0]  # an infinite (or NaN) marginal on every class still gets a class
             for j, pos, work_tree, weight_tree, total, inv_m, offset, runtime, work, extra in cands[i]:
                 ahead = 0.0
                 before = 0.0
