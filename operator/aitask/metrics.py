@@ -108,6 +108,12 @@ class OperatorMetrics:
             buckets=_SHORT_SECONDS,
             registry=registry,
         )
+        self.cycle_tasks = Counter(
+            "aitask_cycle_tasks_total",
+            "AITasks a cycle had to parse or derive again (the rest came from its cache), by step.",
+            ["step"],
+            registry=registry,
+        )
         self.admitted = Counter(
             "aitask_admitted_subtasks_total",
             "Sub-tasks admitted (child Job created) by the scheduler, per executor class.",
@@ -238,6 +244,10 @@ class OperatorMetrics:
                 self.pending.labels(klass).set(count)
             self._pending_classes |= set(pending_by_class)
 
+    def record_cycle_work(self, parsed: int, derived: int) -> None:
+        self.cycle_tasks.labels("parsed").inc(parsed)
+        self.cycle_tasks.labels("derived").inc(derived)
+
     def record_queue_wait(self, klass: str, seconds: float) -> None:
         """Observe the time one sub-task waited between ready and admitted."""
         self.queue_wait.labels(klass).observe(max(seconds, 0.0))
@@ -304,6 +314,7 @@ record_attempt = METRICS.record_attempt
 record_retry = METRICS.record_retry
 record_cycle = METRICS.record_cycle
 record_queue_wait = METRICS.record_queue_wait
+record_cycle_work = METRICS.record_cycle_work
 record_runtime = METRICS.record_runtime
 record_cost = METRICS.record_cost
 record_gpu_utilization = METRICS.record_gpu_utilization

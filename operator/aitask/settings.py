@@ -40,6 +40,11 @@ class OperatorSettings(BaseSettings):
     prometheus_url: str = Field("", description="Prometheus base URL for GPU feedback; empty disables it.")
     prometheus_timeout_seconds: float = Field(3.0, gt=0, description="Timeout of one Prometheus query.")
     prometheus_period_seconds: float = Field(30.0, gt=0, description="How often running sub-tasks are sampled.")
+    api_concurrency: int = Field(
+        16, ge=1, le=256, description="AITasks whose writes (Jobs, status, Events) may be in flight at once."
+    )
+    api_qps: float = Field(50.0, gt=0, description="Sustained Kubernetes API requests per second of the operator.")
+    api_burst: int = Field(100, ge=1, description="Requests the operator may send at once above api_qps.")
     gpu_util_low_percent: float = Field(
         30.0, ge=0, le=100, description="Average GPU utilisation under which a class is deemed oversized."
     )

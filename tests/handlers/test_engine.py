@@ -31,6 +31,7 @@ class FakeApi:
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch, fail: str = "") -> None:
         self.calls: list[tuple[str, str]] = []
+        self.class_status: dict[str, dict[str, Any]] = {}
         self.fail = fail
 
         async def create_job(manifest: dict[str, Any]) -> bool:
@@ -46,6 +47,7 @@ class FakeApi:
 
         async def patch_class_status(name: str, status: dict[str, Any]) -> None:
             self._record("class_status", name)
+            self.class_status[name] = status
 
         async def expire_job(namespace: str, name: str, ttl: int) -> None:
             self._record("expire_job", f"{name}:{ttl}")
@@ -98,7 +100,7 @@ def test_finished_jobs_get_the_configured_ttl_after_the_write(monkeypatch: pytes
     api = FakeApi(monkeypatch)
     eng = engine()
     asyncio.run(eng.run(indexes([task()]), "admit"))
-    written = eng.written["ns/t"][2]
+    written = eng.written["ns/t"].status
     done = job_view({"metadata": {"name": "t-a-1", "namespace": "ns", "labels": {
         "aitask.dev/task": "t", "aitask.dev/subtask": "a", "aitask.dev/attempt": "1", "aitask.dev/class": "cpu"}},
         "status": {"succeeded": 1, "startTime": "2026-01-01T00:00:01Z", "completionTime": "2026-01-01T00:00:09Z",
@@ -121,3 +123,128 @@ def test_repeated_failures_make_the_operator_unhealthy(monkeypatch: pytest.Monke
     assert not eng.healthy()
     asyncio.run(eng.run(indexes([task()]), "test"))
     assert eng.healthy()
+
+
+def finished_task(i: int) -> dict[str, Any]:
+    body = task({"phase": "Succeeded", "observedGeneration": 1, "progress": "1/1"})
+    body["metadata"] = {**body["metadata"], "name": f"done-{i}", "uid": f"u{i}"}
+    return body
+
+
+def test_idle_cycles_over_thousands_of_finished_tasks_write_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    from aitask.control.cycle import FinishedTask
+    from aitask.handlers.indexes import aitask_entry
+
+    api = FakeApi(monkeypatch)
+    eng = engine()
+    entries = [aitask_entry(finished_task(i)) for i in range(2000)]
+    assert all(isinstance(e, FinishedTask) for e in entries)  # the index keeps no body of a finished task
+    asyncio.run(eng.run(indexes(entries), "first"))  # class status: capacity is written once
+    api.calls.clear()
+    seen = indexes(entries)
+    seen["executorclass_index"] = {"all": [{**c, "status": api.class_status[c["metadata"]["name"]]} for c in CLASSES]}
+    for n in range(5):
+        asyncio.run(eng.run(seen, f"idle {n}"))
+    assert api.calls == []
+    assert eng.cycles == 6 and eng.ready()
+
+
+def test_a_task_in_play_is_indexed_without_the_fields_the_cycle_does_not_read() -> None:
+    from aitask.handlers.indexes import aitask_entry
+
+    body = task()
+    body["metadata"]["managedFields"] = [{"manager": "kubectl", "fieldsV1": {"f:spec": {}}}]
+    body["metadata"]["annotations"] = {"kubectl.kubernetes.io/last-applied-configuration": "x" * 10000}
+    entry = aitask_entry(body)
+    assert isinstance(entry, dict)
+    assert "managedFields" not in entry["metadata"] and "annotations" not in entry["metadata"]
+    assert entry["spec"] == body["spec"] and entry["metadata"]["resourceVersion"] == "5"
+
+
+def test_readiness_waits_for_the_first_cycle(monkeypatch: pytest.MonkeyPatch) -> None:
+    FakeApi(monkeypatch)
+    eng = engine()
+    assert eng.healthy() and not eng.ready()
+    asyncio.run(eng.run(indexes([task()]), "first"))
+    assert eng.ready()
+
+
+def test_writes_of_many_tasks_overlap_up_to_the_limit_and_keep_each_tasks_order(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    state = {"now": 0, "peak": 0}
+    calls: list[tuple[str, str]] = []
+
+    async def slow(verb: str, what: str) -> None:
+        state["now"] += 1
+        state["peak"] = max(state["peak"], state["now"])
+        await asyncio.sleep(0.01)
+        calls.append((verb, what))
+        state["now"] -= 1
+
+    async def create_job(manifest: dict[str, Any]) -> bool:
+        await slow("create_job", manifest["metadata"]["name"].split("-")[0])
+        return True
+
+    async def patch_task_status(namespace: str, name: str, status: dict[str, Any]) -> dict[str, Any]:
+        await slow("patch_status", name)
+        return {"metadata": {"resourceVersion": "6"}}
+
+    async def post_event(**kw: Any) -> None:
+        await slow("event", kw["name"])
+
+    async def patch_class_status(name: str, status: dict[str, Any]) -> None:
+        return None
+
+    for fn in (create_job, patch_task_status, post_event, patch_class_status):
+        monkeypatch.setattr(kube, fn.__name__, fn)
+    eng = Engine(settings=OperatorSettings(metrics_port=0, api_concurrency=4))
+    tasks = []
+    for i in range(20):
+        body = task()
+        body["metadata"] = {**body["metadata"], "name": f"t{i}", "uid": f"u{i}"}
+        tasks.append(body)
+    asyncio.run(eng.run(indexes(tasks), "burst"))
+    assert state["peak"] == 4  # bounded, and really concurrent
+    admitted = [i for i in range(20) if ("create_job", f"t{i}") in calls]
+    assert len(admitted) == 8  # the node has 8 cores: 8 one-core tasks start, 12 wait (status only)
+    for i in range(20):
+        mine = [verb for verb, what in calls if what == f"t{i}"]
+        assert mine == (["create_job", "patch_status", "event"] if i in admitted else ["patch_status"])
+
+
+def test_a_job_refused_by_the_api_server_is_not_retried_forever(monkeypatch: pytest.MonkeyPatch) -> None:
+    api = FakeApi(monkeypatch)
+
+    async def create_job(manifest: dict[str, Any]) -> bool:
+        api.calls.append(("create_job", manifest["metadata"]["name"]))
+        raise ApiException(status=422, reason="Unprocessable Entity")
+
+    monkeypatch.setattr(kube, "create_job", create_job)
+    eng = engine()
+    asyncio.run(eng.run(indexes([task()]), "admit"))
+    assert [v for v, _ in api.calls] == ["create_job", "class_status"]  # no status write for a Job not created
+    assert "ns/t" in eng.rejected
+    api.calls.clear()
+    asyncio.run(eng.run(indexes([task()]), "again"))
+    assert [c for c in api.calls if c[0] != "class_status"] == [("patch_status", "t:Invalid"), ("event", "InvalidSpec")]
+
+
+def test_a_409_from_a_job_of_another_class_records_nothing_until_it_is_adopted(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    api = FakeApi(monkeypatch)
+
+    async def create_job(manifest: dict[str, Any]) -> bool:
+        api.calls.append(("create_job", manifest["metadata"]["name"]))
+        return False
+
+    async def read_job(namespace: str, name: str) -> dict[str, Any]:
+        return {"metadata": {"name": name, "labels": {"aitask.dev/task": "t", "aitask.dev/class": "gpu-other"}}}
+
+    monkeypatch.setattr(kube, "create_job", create_job)
+    monkeypatch.setattr(kube, "read_job", read_job)
+    eng = engine()
+    asyncio.run(eng.run(indexes([task()]), "admit"))
+    assert [v for v, _ in api.calls] == ["create_job", "class_status"]
+    assert "ns/t" not in eng.written  # the next cycle decides from what the watch shows (and adopts the Job)

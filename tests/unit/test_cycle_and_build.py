@@ -15,6 +15,7 @@ from aitask.build.jobs import MAX_NAME, build_job, job_name
 from aitask.control.cycle import ClusterView, CycleParams, parse_task, run_cycle
 from aitask.core.conditions import set_condition
 from aitask.core.observed import PodView
+from aitask.core.types import Admission, Option, SubtaskKey
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -104,8 +105,11 @@ def test_invalid_task_gets_invalid_spec_once_naming_the_field() -> None:
     assert "spec.subtasks[].dependsOn" in cond["message"]
     assert [e.reason for e in task.events] == ["InvalidSpec"]
     again = cycle([{**bad, "status": task.status}])
-    assert again.tasks[0].status is None
-    assert again.tasks[0].events == ()
+    assert again.tasks == ()  # Invalid for its current generation: settled, nothing to write or post
+    assert again.stats.tasks_by_phase == {("ns", "Invalid"): 1}
+    edited = cycle([{**bad, "metadata": {**bad["metadata"], "generation": 2}, "status": task.status}])
+    (task,) = edited.tasks  # an edit brings it back: parsed and judged again
+    assert task.status is not None and task.status["observedGeneration"] == 2
 
 
 def test_parse_task_names_the_field_of_a_schema_error() -> None:
@@ -156,6 +160,13 @@ def test_job_names_are_deterministic_valid_and_short(task: str, sub: str, attemp
     assert job_name(task, sub, attempt + 1) != name
 
 
+def admission(attempt: int, class_name: str, nodes: tuple[str, ...], *, accelerators: int = 1) -> Admission:
+    chosen = Option(class_name=class_name, feasible=True, runtime_seconds=300.0)
+    return Admission(key=SubtaskKey("ns", "t", "train"), attempt=attempt, class_name=class_name, nodes=nodes,
+                     accelerators=accelerators, cpu=4, memory=16 * 2**30, chosen=chosen, alternatives=(),
+                     message="admitted")
+
+
 def test_build_job_carries_resources_affinity_tolerations_and_owner() -> None:
     t = api.AITask.model_validate(body("t", [{**GPU_STEP, "parallelism": 4,
                                               "podMetadata": {"annotations": {"a": "b"}}}]))
@@ -163,9 +174,7 @@ def test_build_job_carries_resources_affinity_tolerations_and_owner() -> None:
         "nodeSelector": {"nvidia.com/gpu.product": "FAST"},
         "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
         "accelerator": {"model": "FAST", "memoryGiB": 80}})
-    manifest = build_job(t, t.spec.subtasks[0], attempt=2, class_name="fast", executor_class=ec,
-                         nodes=("f1", "f1", "f2", "f2"), accelerators=1, cpu=4, memory=16 * 2**30,
-                         estimated_seconds=300)
+    manifest = build_job(t, t.spec.subtasks[0], admission(2, "fast", ("f1", "f1", "f2", "f2")), ec)
     spec = manifest["spec"]
     pod = spec["template"]["spec"]
     assert manifest["metadata"]["ownerReferences"][0]["uid"] == "uid-t"
@@ -186,9 +195,7 @@ def test_build_job_carries_resources_affinity_tolerations_and_owner() -> None:
     assert spec["template"]["metadata"]["labels"]["aitask.dev/attempt"] == "2"
     env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
     assert env["AITASK_CLASS"] == "fast"
-    again = build_job(t, t.spec.subtasks[0], attempt=2, class_name="fast", executor_class=ec,
-                      nodes=("f1", "f1", "f2", "f2"), accelerators=1, cpu=4, memory=16 * 2**30,
-                      estimated_seconds=300)
+    again = build_job(t, t.spec.subtasks[0], admission(2, "fast", ("f1", "f1", "f2", "f2")), ec)
     assert again == manifest
 
 

@@ -2,20 +2,26 @@
 
 Every call is idempotent: creating a Job that exists (409) and deleting one that is
 gone (404) are success, status writes are merge patches of the whole status we own.
-The ``kubernetes`` client is synchronous, so each call runs in a worker thread.
+The ``kubernetes`` client is synchronous, so each call runs in a worker thread of a pool
+sized for ``api_concurrency`` calls in flight. Calls are paced by a leaky bucket
+(``api_qps``, ``api_burst``), and a 429 answer (API priority and fairness) is retried
+after the server's Retry-After, a few times, before it is given up to the caller.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import secrets
 import time
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import kubernetes
+from aiolimiter import AsyncLimiter
 from kubernetes.client.exceptions import ApiException
 
 from aitask import metrics
@@ -24,15 +30,21 @@ from aitask.api.v1alpha1 import GROUP, VERSION
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
 _clients: dict[str, Any] = {}
+_pace: dict[str, Any] = {}
+MAX_429_RETRIES = 5
 
 
-def configure() -> None:
-    """Load credentials: in-cluster service account first, then $KUBECONFIG / ~/.kube/config."""
+def configure(*, concurrency: int = 16, qps: float = 50.0, burst: int = 100) -> None:
+    """Load credentials (in-cluster service account first, then $KUBECONFIG), size the pools, set the pace."""
     try:
         kubernetes.config.load_incluster_config()  # type: ignore[no-untyped-call]
     except kubernetes.config.ConfigException:
         kubernetes.config.load_kube_config()  # type: ignore[no-untyped-call]
-    api = kubernetes.client.ApiClient()
+    config = kubernetes.client.Configuration.get_default_copy()
+    config.connection_pool_maxsize = max(concurrency, 4)
+    api = kubernetes.client.ApiClient(config)
+    _pace["pool"] = ThreadPoolExecutor(max_workers=max(concurrency, 4), thread_name_prefix="aitask-api")
+    _pace["limiter"] = AsyncLimiter(max(1, burst), max(1, burst) / qps)
     _clients["batch"] = kubernetes.client.BatchV1Api(api)
     _clients["core"] = kubernetes.client.CoreV1Api(api)
     _clients["custom"] = kubernetes.client.CustomObjectsApi(api)
@@ -44,19 +56,58 @@ def _client(name: str) -> Any:
     return _clients[name]
 
 
-async def _call(verb: str, resource: str, fn: Callable[[], _T]) -> _T:
-    start = time.perf_counter()
-    ok = False
+def _retry_after(err: ApiException) -> float:
+    headers = err.headers or {}
     try:
-        result = await asyncio.to_thread(fn)
-        ok = True
-        return result
+        return min(30.0, max(0.1, float(headers.get("Retry-After", "1"))))
+    except (TypeError, ValueError):
+        return 1.0
+
+
+async def _call(verb: str, resource: str, fn: Callable[[], _T]) -> _T:
+    loop = asyncio.get_running_loop()
+    limiter: AsyncLimiter | None = _pace.get("limiter")
+    for attempt in range(MAX_429_RETRIES + 1):
+        if limiter is not None:
+            await limiter.acquire()
+        start = time.perf_counter()
+        ok = False
+        try:
+            result = await loop.run_in_executor(_pace.get("pool"), fn)
+            ok = True
+            return result
+        except ApiException as err:
+            # 404/409 are expected answers of idempotent calls, not failures of the API.
+            ok = err.status in (404, 409)
+            if err.status != 429 or attempt == MAX_429_RETRIES:
+                raise
+            delay = _retry_after(err)
+        finally:
+            metrics.observe_api_request(resource, verb, time.perf_counter() - start, ok)
+        log.info("%s %s: 429 from the API server, retrying in %.1fs", verb, resource, delay)
+        await asyncio.sleep(delay)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def error_message(err: ApiException) -> str:
+    """The API server's own message of a refused request (it names the field), else the reason."""
+    try:
+        body = json.loads(err.body or "{}")
+    except (TypeError, ValueError):
+        body = {}
+    return str(body.get("message") or err.reason or err.status)[:1000]
+
+
+async def read_job(namespace: str, name: str) -> dict[str, Any] | None:
+    """A Job as a plain dict, or None when it does not exist."""
+    try:
+        job = await _call("get", "jobs", lambda: _client("batch").read_namespaced_job(name, namespace))
     except ApiException as err:
-        # 404/409 are expected answers of idempotent calls, not failures of the API.
-        ok = err.status in (404, 409)
+        if err.status == 404:
+            return None
         raise
-    finally:
-        metrics.observe_api_request(resource, verb, time.perf_counter() - start, ok)
+    out: dict[str, Any] = _client("batch").api_client.sanitize_for_serialization(job)
+    return out
 
 
 async def create_job(manifest: Mapping[str, Any]) -> bool:

@@ -299,9 +299,7 @@ class Estimate(Model):
 
 
 class Work(Model):
-    units: float = Field(
-        1.0, gt=0, le=MAX_WORK_UNITS, description="Size of the work; learned runtimes are per unit."
-    )
+    units: float = Field(1.0, gt=0, le=MAX_WORK_UNITS, description="Size of the work; learned runtimes are per unit.")
 
 
 class RetryPolicy(Model):

@@ -13,6 +13,8 @@ from typing import Any
 from aitask.api.v1alpha1 import API_VERSION, AITask, ExecutorClassSpec, Subtask
 from aitask.core.observed import (
     ANNOTATION_CLASS,
+    ANNOTATION_ESTIMATED_SECONDS,
+    ANNOTATION_PLANNED_NODES,
     ANNOTATION_SPEC_HASH,
     ANNOTATION_TASK,
     LABEL_ATTEMPT,
@@ -25,10 +27,9 @@ from aitask.core.observed import (
 )
 from aitask.core.progress import subtask_hash
 from aitask.core.quantity import format_cpu, format_memory
+from aitask.core.types import Admission
 
 MAX_NAME = 63  # Job names end up in the pods' job-name label, which is limited to 63 characters
-ANNOTATION_ESTIMATED_SECONDS = "aitask.dev/estimated-seconds"
-ANNOTATION_PLANNED_NODES = "aitask.dev/planned-nodes"
 CONTAINER = "main"
 
 
@@ -78,18 +79,15 @@ def _affinity(ec: ExecutorClassSpec, nodes: Sequence[str]) -> dict[str, Any]:
 def build_job(
     task: AITask,
     sub: Subtask,
-    *,
-    attempt: int,
-    class_name: str,
+    admission: Admission,
     executor_class: ExecutorClassSpec,
-    nodes: Sequence[str],
-    accelerators: int,
-    cpu: float,
-    memory: float,
-    estimated_seconds: float,
+    *,
     extra_env: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
-    """The batch/v1 Job for one attempt of one sub-task on the chosen executor class."""
+    """The batch/v1 Job for one admitted attempt of one sub-task on the chosen executor class."""
+    attempt, class_name, nodes = admission.attempt, admission.class_name, admission.nodes
+    accelerators, cpu, memory = admission.accelerators, admission.cpu, admission.memory
+    estimated_seconds = admission.chosen.runtime_seconds or 0.0
     meta = task.metadata
     name = job_name(meta.name, sub.name, attempt)
     labels = _labels(task, sub, attempt, class_name)

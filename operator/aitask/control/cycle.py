@@ -1,16 +1,24 @@
-"""One scheduling cycle over the whole cluster, as a pure function.
+"""One scheduling cycle over the cluster, as a pure function made of named phases.
 
-    view (indexes) -> 1. parse & validate tasks -> 2. derive each task's progress
-    -> 3. snapshot free capacity -> 4. schedule (cost model) -> 5. build Jobs
-    -> 6. new statuses (one per task, only if changed) + learned runtimes per class
+    view (indexes) -> parse -> progress -> learning -> snapshot -> schedule
+    -> decisions (statuses and Jobs, ``control.decisions``) -> class status
 
-The handler layer turns the outcome into API calls; nothing here does I/O or reads
-a clock, so a cycle can be replayed in a test from recorded inputs.
+The cost of a cycle follows the work that is active, not every AITask ever created:
+
+* finished tasks reach the cycle as small ``FinishedTask`` records (the handlers keep no
+  body for them) and cost a counter and a look at their Jobs (TTL, leftovers);
+* a task is parsed again only when its resourceVersion (or the status overlaid on it)
+  changed, and derived again only when that, its Jobs or its pods changed, or a time it
+  waits for has come (``core.progress.next_change``): both results live in ``CycleCache``;
+* one task whose processing raises is isolated (an ``InternalError`` condition and one
+  Event); every other task is scheduled as usual.
+
+Nothing here does I/O or reads a clock, so a cycle can be replayed from recorded inputs.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -20,39 +28,35 @@ from pydantic import ValidationError
 from aitask.api.v1alpha1 import (
     AITask,
     AITaskStatus,
-    Alternative,
-    Attempt,
     ExecutorClass,
-    ExecutorClassStatus,
     Learned,
-    Plan,
     ResourceTotals,
-    SubtaskMetrics,
     SubtaskPhase,
-    TaskMetrics,
     TaskPhase,
 )
-from aitask.build.jobs import build_job, job_name
+from aitask.control.decisions import Telemetry, decide_task, wire
 from aitask.core import conditions as cond
 from aitask.core import estimator, progress, scheduler, snapshot
 from aitask.core.dag import find_cycle
 from aitask.core.observed import JobView, PodView
-from aitask.core.progress import EventSpec, TaskProgress, subtask_hash
-from aitask.core.quantity import GIB, format_cpu, format_memory, parse_quantity
+from aitask.core.progress import EventSpec, Ready, TaskProgress
+from aitask.core.quantity import GIB, parse_quantity
 from aitask.core.reasons import ConditionType, Reason
 from aitask.core.types import (
     Admission,
     ClassInfo,
+    CycleResult,
     Deferral,
     Demand,
-    Option,
+    NodeInfo,
     Policy,
     Running,
     SchedulerParams,
     Snapshot,
     SubtaskKey,
 )
-from aitask.core.usage import combine
+
+FINISHED_PHASES = frozenset({TaskPhase.SUCCEEDED, TaskPhase.FAILED})
 
 
 @dataclass(frozen=True)
@@ -69,18 +73,31 @@ class CycleParams:
 
 
 @dataclass(frozen=True)
+class FinishedTask:
+    """What the cycle needs of an AITask that has nothing left to do."""
+
+    namespace: str
+    name: str
+    uid: str
+    phase: str  # Succeeded | Failed | Invalid
+
+
+@dataclass(frozen=True)
 class ClusterView:
     """What the watches show, as plain data."""
 
-    tasks: Sequence[Mapping[str, Any]]  # AITask bodies
+    tasks: Sequence[Mapping[str, Any]]  # AITask bodies (finished ones may also come as ``finished``)
     jobs: Sequence[JobView]  # our child Jobs
     pods: Sequence[PodView]  # every pod bound to a node, plus our unbound ones
     nodes: Sequence[Mapping[str, Any]]  # Node bodies
     classes: Sequence[Mapping[str, Any]]  # ExecutorClass bodies
+    finished: Sequence[FinishedTask] = ()
     # GPU use sampled from Prometheus: (namespace, task, subtask) -> status.subtasks[].metrics
     gpu_usage: Mapping[tuple[str, str, str], Mapping[str, Any]] = field(default_factory=dict)
     telemetry: str = "disabled"  # disabled | ok | unavailable
     telemetry_message: str = ""
+    # Tasks whose child Job the API server refused (422/400): key -> (generation, message).
+    rejected: Mapping[str, tuple[int | None, str]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -96,6 +113,16 @@ class TaskOutcome:
     finished: tuple[tuple[str, str, float | None, float | None], ...] = ()  # (class, result, est. cost, cost)
     retries: tuple[tuple[str, str], ...] = ()  # (class of the new attempt, result of the failed one)
     expire_jobs: tuple[str, ...] = ()  # finished Jobs whose result the status records: give them their TTL
+    base_version: str = ""  # resourceVersion of the AITask this outcome was decided from
+    generation: int | None = None  # metadata.generation of that AITask
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+    @property
+    def writes(self) -> bool:
+        return bool(self.status is not None or self.create_jobs or self.delete_jobs or self.expire_jobs)
 
 
 @dataclass(frozen=True)
@@ -107,6 +134,9 @@ class CycleStats:
     observations: tuple[tuple[str, str, float, float | None, float | None], ...]
     # (namespace, class, actual s, estimated s, average GPU utilisation %) per finished attempt
     errors: tuple[tuple[str, str], ...] = ()  # (task key, exception class) of tasks isolated this cycle
+    parsed: int = 0  # tasks parsed this cycle (the rest came from the cache)
+    derived: int = 0  # tasks whose progress was derived this cycle
+    next_wakeup: datetime | None = None  # earliest time a waiting task needs a cycle without any event
 
 
 @dataclass(frozen=True)
@@ -115,6 +145,21 @@ class CycleOutcome:
     class_status: Mapping[str, dict[str, Any]]  # class -> whole new status, only changed ones
     stats: CycleStats
     warnings: tuple[str, ...] = ()
+
+
+@dataclass
+class CycleCache:
+    """Parsed tasks and derived progress kept between cycles (owned by the caller, plain data)."""
+
+    # key -> (uid, resourceVersion, generation), the status object parsed, the result, its serial number
+    parsed: dict[str, tuple[tuple[Any, ...], Any, AITask | None, str, int]] = field(default_factory=dict)
+    # key -> (parse serial, Jobs, pods), when it must be derived again at the latest, the result
+    derived: dict[str, tuple[tuple[Any, ...], datetime | None, TaskProgress]] = field(default_factory=dict)
+    classes: Mapping[str, ClassInfo] | None = None
+    serial: int = 0
+
+
+# --------------------------------------------------------------------------- parsing
 
 
 def validation_message(err: ValidationError) -> str:
@@ -135,9 +180,9 @@ def parse_task(body: Mapping[str, Any]) -> tuple[AITask | None, str]:
         task = AITask.model_validate(body)
     except ValidationError as err:
         return None, validation_message(err)
-    cycle = find_cycle({s.name: s.depends_on for s in task.spec.subtasks})
-    if cycle:
-        return None, "spec.subtasks[].dependsOn: dependency cycle " + " -> ".join([*cycle, cycle[0]])
+    dag_cycle = find_cycle({s.name: s.depends_on for s in task.spec.subtasks})
+    if dag_cycle:
+        return None, "spec.subtasks[].dependsOn: dependency cycle " + " -> ".join([*dag_cycle, dag_cycle[0]])
     return task, ""
 
 
@@ -148,11 +193,32 @@ def _status_only(body: Mapping[str, Any]) -> AITaskStatus:
         return AITaskStatus()
 
 
-def _invalid(body: Mapping[str, Any], message: str, now: datetime) -> TaskOutcome:
-    meta = body.get("metadata", {})
+def _meta(body: Mapping[str, Any]) -> Mapping[str, Any]:
+    meta: Mapping[str, Any] = body.get("metadata") or {}
+    return meta
+
+
+def task_key(body: Mapping[str, Any]) -> str:
+    meta = _meta(body)
+    return f"{meta.get('namespace') or 'default'}/{meta.get('name', '')}"
+
+
+def _outcome(body: Mapping[str, Any], **fields: Any) -> TaskOutcome:
+    meta = _meta(body)
+    return TaskOutcome(
+        namespace=meta.get("namespace", ""),
+        name=meta.get("name", ""),
+        uid=meta.get("uid", ""),
+        base_version=meta.get("resourceVersion", "") or "",
+        **fields,
+    )
+
+
+def _invalid(body: Mapping[str, Any], message: str, now: datetime, reason: Reason | None = None) -> TaskOutcome:
     prev = _status_only(body)
-    gen = meta.get("generation")
-    reason = Reason.DEPENDENCY_CYCLE if "dependency cycle" in message else Reason.INVALID_SCHEMA
+    gen = _meta(body).get("generation")
+    if reason is None:
+        reason = Reason.DEPENDENCY_CYCLE if "dependency cycle" in message else Reason.INVALID_SCHEMA
     conds, changed = cond.set_condition(
         prev.conditions,
         type_=ConditionType.INVALID_SPEC,
@@ -163,24 +229,17 @@ def _invalid(body: Mapping[str, Any], message: str, now: datetime) -> TaskOutcom
         generation=gen,
     )
     new = prev.model_copy(update={"phase": TaskPhase.INVALID, "conditions": conds, "observed_generation": gen})
-    status = _wire(new) if _wire(new) != _wire(prev) else None
+    status = wire(new) if wire(new) != wire(prev) else None
     events = (
         (EventSpec("Warning", "InvalidSpec", message),)
         if status is not None and (changed or prev.phase != TaskPhase.INVALID)
         else ()
     )
-    return TaskOutcome(
-        namespace=meta.get("namespace", ""),
-        name=meta.get("name", ""),
-        uid=meta.get("uid", ""),
-        status=status,
-        events=events,
-    )
+    return _outcome(body, status=status, events=events)
 
 
-def _internal_error(body: Mapping[str, Any], err: Exception, now: datetime) -> TaskOutcome:
+def internal_error(body: Mapping[str, Any], err: Exception, now: datetime) -> TaskOutcome:
     """The task whose processing raised: an InternalError condition and one Event; the cycle goes on."""
-    meta = body.get("metadata", {})
     prev = _status_only(body)
     message = (
         f"the operator could not process this AITask ({type(err).__name__}: {str(err)[:400]}); "
@@ -193,26 +252,12 @@ def _internal_error(body: Mapping[str, Any], err: Exception, now: datetime) -> T
         reason=Reason.PROCESSING_FAILED,
         message=message,
         now=now,
-        generation=meta.get("generation"),
+        generation=_meta(body).get("generation"),
     )
     new = prev.model_copy(update={"conditions": conds})
-    status = _wire(new) if _wire(new) != _wire(prev) else None
-    return TaskOutcome(
-        namespace=meta.get("namespace", ""),
-        name=meta.get("name", ""),
-        uid=meta.get("uid", ""),
-        status=status,
-        events=(EventSpec("Warning", Reason.PROCESSING_FAILED, message),) if status is not None and changed else (),
-    )
-
-
-def _task_key(body: Mapping[str, Any]) -> str:
-    meta = body.get("metadata", {})
-    return f"{meta.get('namespace') or 'default'}/{meta.get('name', '')}"
-
-
-def _wire(status: AITaskStatus | ExecutorClassStatus) -> dict[str, Any]:
-    return status.model_dump(by_alias=True, exclude_none=True, mode="json")
+    status = wire(new) if wire(new) != wire(prev) else None
+    events = (EventSpec("Warning", Reason.PROCESSING_FAILED, message),) if status is not None and changed else ()
+    return _outcome(body, status=status, events=events)
 
 
 def _parse_classes(bodies: Sequence[Mapping[str, Any]], warnings: list[str]) -> dict[str, ExecutorClass]:
@@ -221,10 +266,208 @@ def _parse_classes(bodies: Sequence[Mapping[str, Any]], warnings: list[str]) -> 
         try:
             ec = ExecutorClass.model_validate(body)
         except ValidationError as err:
-            warnings.append(f"ExecutorClass {body.get('metadata', {}).get('name')}: {validation_message(err)}")
+            warnings.append(f"ExecutorClass {_meta(body).get('name')}: {validation_message(err)}")
             continue
         out[ec.metadata.name] = ec
     return out
+
+
+@dataclass
+class _Work:
+    """The cycle's working set: the tasks still in play and what was decided for the others."""
+
+    now: datetime
+    bodies: dict[str, Mapping[str, Any]] = field(default_factory=dict)
+    tasks: dict[str, AITask] = field(default_factory=dict)
+    jobs: dict[str, list[JobView]] = field(default_factory=dict)
+    progresses: dict[str, TaskProgress] = field(default_factory=dict)
+    outcomes: list[TaskOutcome] = field(default_factory=list)
+    phases: dict[tuple[str, str], int] = field(default_factory=dict)
+    errors: list[tuple[str, str]] = field(default_factory=list)
+    wakeups: list[datetime] = field(default_factory=list)
+    parsed: int = 0
+    derived: int = 0
+
+    def count(self, namespace: str, phase: str) -> None:
+        self.phases[(namespace, phase)] = self.phases.get((namespace, phase), 0) + 1
+
+    def fail(self, key: str, err: Exception) -> None:
+        """Take a task out of the cycle: it gets its InternalError outcome, the others go on."""
+        body = self.bodies.pop(key, None)
+        self.tasks.pop(key, None)
+        self.progresses.pop(key, None)
+        self.errors.append((key, type(err).__name__))
+        if body is not None:
+            self.outcomes.append(internal_error(body, err, self.now))
+
+
+def isolated(work: _Work, key: str, fn: Callable[[], None]) -> None:
+    """Run one task's step; an exception takes that task (only) out of the cycle."""
+    try:
+        fn()
+    except Exception as err:  # noqa: BLE001 - any bug or bad input of one task must not stop the others
+        work.fail(key, err)
+
+
+def _finished_outcome(namespace: str, name: str, uid: str, phase: str, jobs: Sequence[JobView]) -> TaskOutcome | None:
+    """A finished task's leftovers: finished Jobs get their TTL; a Succeeded or Failed task's running Jobs
+    are stopped (an Invalid one's are left alone: a bad edit must not kill the work it had started)."""
+    stop = phase in FINISHED_PHASES
+    delete = tuple(sorted(j.name for j in jobs if stop and j.active and not j.deleting))
+    expire = tuple(sorted(j.name for j in jobs if j.finished and j.ttl_seconds is None))
+    if not delete and not expire:
+        return None
+    return TaskOutcome(namespace=namespace, name=name, uid=uid, status=None, delete_jobs=delete, expire_jobs=expire)
+
+
+def is_finished(body: Mapping[str, Any]) -> bool:
+    """Nothing left to do: Succeeded, Failed, or Invalid for the spec generation it has now."""
+    status = body.get("status") or {}
+    phase = status.get("phase")
+    if phase in FINISHED_PHASES:
+        return True
+    return phase == TaskPhase.INVALID and status.get("observedGeneration") == _meta(body).get("generation")
+
+
+def parse_phase(view: ClusterView, work: _Work, cache: CycleCache) -> None:
+    """Tasks in play (parsed, from the cache where unchanged); invalid and finished ones settled here."""
+    for job in view.jobs:
+        work.jobs.setdefault(f"{job.namespace}/{job.task}", []).append(job)
+    for rec in view.finished:
+        work.count(rec.namespace, rec.phase)
+        done = _finished_outcome(
+            rec.namespace, rec.name, rec.uid, rec.phase, work.jobs.get(f"{rec.namespace}/{rec.name}", ())
+        )
+        if done is not None:
+            work.outcomes.append(done)
+    seen: dict[str, tuple[tuple[Any, ...], Any, AITask | None, str, int]] = {}
+    for body in view.tasks:
+        meta = _meta(body)
+        if meta.get("deletionTimestamp"):
+            continue
+        key = task_key(body)
+        ns = meta.get("namespace", "")
+        rejected = view.rejected.get(key)
+        if is_finished(body) and not (rejected and rejected[0] == meta.get("generation")):
+            phase = (body.get("status") or {}).get("phase", "")
+            work.count(ns, phase)
+            done = _finished_outcome(ns, meta.get("name", ""), meta.get("uid", ""), phase, work.jobs.get(key, ()))
+            if done is not None:
+                work.outcomes.append(done)
+            continue
+        work.bodies[key] = body
+        sig = (meta.get("uid"), meta.get("resourceVersion"), meta.get("generation"))
+        status_obj = body.get("status")
+        hit = cache.parsed.get(key)
+        if hit is not None and hit[0] == sig and (hit[1] is status_obj or hit[1] == status_obj):
+            task, problem, serial = hit[2], hit[3], hit[4]
+        else:
+            try:
+                task, problem = parse_task(body)
+            except Exception as err:  # noqa: BLE001 - isolated like every other step of one task
+                work.fail(key, err)
+                continue
+            work.parsed += 1
+            cache.serial += 1
+            serial = cache.serial
+        seen[key] = (sig, status_obj, task, problem, serial)
+        if rejected is not None and rejected[0] == meta.get("generation"):
+            task, problem = None, rejected[1]
+        if task is None:
+            reason = Reason.JOB_REJECTED if rejected is not None and problem == rejected[1] else None
+            work.outcomes.append(_invalid(body, problem, work.now, reason))
+            work.bodies.pop(key, None)
+            work.count(ns, TaskPhase.INVALID)
+            continue
+        work.tasks[key] = task
+    cache.parsed = seen
+
+
+# --------------------------------------------------------------------------- progress
+
+
+def progress_phase(
+    view: ClusterView, work: _Work, infos: Mapping[str, ClassInfo], params: CycleParams, cache: CycleCache
+) -> None:
+    """Each task's state machine, derived again only when one of its inputs changed."""
+    if cache.classes != infos:
+        cache.derived = {}
+        cache.classes = dict(infos)
+    pods_by_job: dict[str, list[PodView]] = {}
+    for pod in view.pods:
+        if pod.job:
+            pods_by_job.setdefault(f"{pod.namespace}/{pod.job}", []).append(pod)
+    kept: dict[str, tuple[tuple[Any, ...], datetime | None, TaskProgress]] = {}
+    for key, task in list(work.tasks.items()):
+        tjobs = work.jobs.get(key, [])
+        tpods = [p for j in tjobs for p in pods_by_job.get(f"{j.namespace}/{j.name}", [])]
+
+        def step(
+            key: str = key, task: AITask = task, tjobs: list[JobView] = tjobs, tpods: list[PodView] = tpods
+        ) -> None:
+            sig = (cache.parsed[key][4], tuple(tjobs), tuple(tpods))
+            hit = cache.derived.get(key)
+            if hit is not None and hit[0] == sig and (hit[1] is None or work.now < hit[1]):
+                prog = hit[2]
+            else:
+                prog = progress.derive(
+                    task,
+                    tjobs,
+                    tpods,
+                    infos,
+                    work.now,
+                    backoff_max_seconds=params.backoff_max_seconds,
+                    backoff_seconds=params.backoff_seconds,
+                )
+                work.derived += 1
+            wake = progress.next_change(task, prog.status, tjobs)
+            kept[key] = (sig, wake, prog)
+            if wake is not None:
+                work.wakeups.append(wake)
+            work.progresses[key] = prog
+
+        isolated(work, key, step)
+    cache.derived = kept
+
+
+# --------------------------------------------------------------------------- learning
+
+
+@dataclass(frozen=True)
+class _Learning:
+    learned: dict[tuple[str, str], Any]
+    changed: frozenset[str]
+    observed: tuple[tuple[str, str, float, float | None, float | None], ...]
+
+
+def learning_phase(work: _Work, ecs: Mapping[str, ExecutorClass], params: CycleParams) -> _Learning:
+    """Fold this cycle's finished attempts into the learned runtimes per (profile, class)."""
+    learned = snapshot.learned_map(list(ecs.values()))
+    changed: set[str] = set()
+    observed: list[tuple[str, str, float, float | None, float | None]] = []
+    for key, prog in work.progresses.items():
+        for obs in prog.observations:
+            if obs.class_name not in ecs:
+                continue
+            k = (obs.profile, obs.class_name)
+            if obs.oom:
+                learned[k] = estimator.observe_oom(learned.get(k))
+            else:
+                learned[k] = estimator.observe(
+                    learned.get(k),
+                    actual_seconds=obs.seconds,
+                    work_units=obs.work_units,
+                    estimated_seconds=obs.estimated_seconds,
+                    learning_rate=params.learning_rate,
+                    gpu_util=obs.gpu_util,
+                )
+                ns = work.tasks[key].metadata.namespace or ""
+                observed.append((ns, obs.class_name, obs.seconds, obs.estimated_seconds, obs.gpu_util))
+            changed.add(obs.class_name)
+    return _Learning(learned=learned, changed=frozenset(changed), observed=tuple(observed))
+
+
+# --------------------------------------------------------------------------- snapshot
 
 
 def _pod_requests(pod: PodView) -> dict[str, float]:
@@ -237,12 +480,38 @@ def _pod_requests(pod: PodView) -> dict[str, float]:
     return out
 
 
-def _usage(
-    view: ClusterView,
-    tasks: Mapping[str, AITask],
-    progresses: Mapping[str, TaskProgress],
+def reservations(
+    task: AITask,
+    prog: TaskProgress,
+    jobs: Sequence[JobView],
+    live_bound: Mapping[str, int],
     infos: Mapping[str, ClassInfo],
-) -> dict[str, dict[str, float]]:
+) -> list[tuple[str, dict[str, float]]]:
+    """(node, requests) the operator holds for a task's admitted pods that are not bound yet.
+
+    A running attempt holds its planned nodes for the pods it still has to run at once: not
+    for pods already bound (the pod index counts those), nor for shards that have finished.
+    """
+    by_name = {j.name: j for j in jobs}
+    out: list[tuple[str, dict[str, float]]] = []
+    for st in prog.status.subtasks:
+        plan = st.plan
+        if st.phase != SubtaskPhase.RUNNING or plan is None or not st.job:
+            continue
+        job = by_name.get(st.job)
+        at_once = len(plan.nodes)
+        if job is not None:
+            at_once = min(at_once, job.parallelism, max(0, job.completions - job.succeeded))
+        bound = live_bound.get(f"{task.metadata.namespace}/{st.job}", 0)
+        per_pod = {"cpu": parse_quantity(plan.cpu or "0"), "memory": parse_quantity(plan.memory or "0")}
+        info = infos.get(plan.class_name)
+        if plan.accelerators and info is not None and info.accelerator_resource:
+            per_pod[info.accelerator_resource] = float(plan.accelerators)
+        out.extend((node, per_pod) for node in plan.nodes[bound:at_once])
+    return out
+
+
+def _usage(view: ClusterView, work: _Work, infos: Mapping[str, ClassInfo]) -> dict[str, dict[str, float]]:
     """Requests held on each node: bound pods, plus our admitted pods not bound yet (at their planned node)."""
     used: dict[str, dict[str, float]] = {}
 
@@ -251,71 +520,22 @@ def _usage(
         for name, amount in requests.items():
             slot[name] = slot.get(name, 0.0) + amount
 
-    bound_by_job: dict[str, int] = {}
+    live_bound: dict[str, int] = {}
     for pod in view.pods:
         if pod.terminal or not pod.node:
             continue
         add(pod.node, _pod_requests(pod))
         if pod.job:
             key = f"{pod.namespace}/{pod.job}"
-            bound_by_job[key] = bound_by_job.get(key, 0) + 1
-    for key, prog in progresses.items():
-        task = tasks[key]
-        for sub_status in prog.status.subtasks:
-            plan = sub_status.plan
-            if sub_status.phase != SubtaskPhase.RUNNING or plan is None or not sub_status.job:
-                continue
-            bound = bound_by_job.get(f"{task.metadata.namespace}/{sub_status.job}", 0)
-            per_pod = {"cpu": parse_quantity(plan.cpu or "0"), "memory": parse_quantity(plan.memory or "0")}
-            info = infos.get(plan.class_name)
-            if plan.accelerators and info is not None and info.accelerator_resource:
-                per_pod[info.accelerator_resource] = float(plan.accelerators)
-            for node in plan.nodes[bound:]:
-                add(node, per_pod)
+            live_bound[key] = live_bound.get(key, 0) + 1
+    for key, prog in list(work.progresses.items()):
+
+        def step(key: str = key, prog: TaskProgress = prog) -> None:
+            for node, requests in reservations(work.tasks[key], prog, work.jobs.get(key, []), live_bound, infos):
+                add(node, requests)
+
+        isolated(work, key, step)
     return used
-
-
-def _option_alt(opt: Option) -> Alternative:
-    return Alternative(
-        class_name=opt.class_name,
-        feasible=opt.feasible,
-        reason=opt.reason,
-        estimated_seconds=_r(opt.runtime_seconds),
-        wait_seconds=_r(opt.wait_seconds),
-        estimated_cost=_r(opt.cost),
-        score=_r(opt.score),
-    )
-
-
-def _r(value: float | None) -> float | None:
-    return None if value is None else round(value, 4)
-
-
-def _plan(
-    opt: Option,
-    alts: Sequence[Option],
-    ec: ExecutorClass | None,
-    *,
-    accelerators: int,
-    cpu: float,
-    memory: float,
-    nodes: Sequence[str],
-    message: str,
-) -> Plan:
-    return Plan(
-        class_name=opt.class_name,
-        accelerators=accelerators if ec is not None and ec.spec.accelerator is not None else 0,
-        cpu=format_cpu(cpu),
-        memory=format_memory(memory),
-        node_selector=dict(ec.spec.node_selector) if ec is not None else {},
-        nodes=list(nodes),
-        estimated_seconds=round(opt.runtime_seconds or 0.0, 3),
-        estimated_cost=round(opt.cost or 0.0, 6),
-        score=round(opt.score or 0.0, 6),
-        estimate_source=opt.estimate_source,
-        alternatives=[_option_alt(a) for a in alts],
-        message=message,
-    )
 
 
 def _expected_runtime(
@@ -336,6 +556,213 @@ def _expected_runtime(
     return estimates.estimate(demand, plan.class_name).seconds
 
 
+@dataclass
+class _Queue:
+    demands: dict[SubtaskKey, Demand] = field(default_factory=dict)
+    owner: dict[SubtaskKey, str] = field(default_factory=dict)  # demand -> task key
+    ready: dict[SubtaskKey, Ready] = field(default_factory=dict)
+    running: list[Running] = field(default_factory=list)
+
+
+def _task_queue(
+    task: AITask,
+    prog: TaskProgress,
+    work: _Work,
+    infos: Mapping[str, ClassInfo],
+    estimates: estimator.Estimator,
+    params: CycleParams,
+) -> tuple[list[tuple[Demand, Ready]], list[Running]]:
+    now = work.now
+    epoch = now.timestamp()
+    created = (task.metadata.creation_timestamp or now).timestamp()
+    demands = []
+    for r in prog.ready:
+        demand = snapshot.demand_for(
+            task,
+            r.subtask,
+            r.attempt,
+            now=epoch,
+            ready_since=r.ready_since.timestamp(),
+            arrival=created,
+            default_time_weight=params.default_time_weight,
+            default_cost_weight=params.default_cost_weight,
+            min_accel_memory_gib=r.min_accelerator_memory_gib,
+            excluded=r.excluded_classes,
+        )
+        for name in infos:  # every figure the scheduler will compute must be a number
+            seconds = estimates.estimate(demand, name).seconds
+            if not 0.0 <= seconds < float("inf"):
+                raise ValueError(f"sub-task {r.subtask.name}: runtime estimate on {name} is {seconds}")
+        demands.append((demand, r))
+    running = []
+    for st in prog.status.subtasks:
+        if st.phase == SubtaskPhase.RUNNING and st.plan is not None:
+            current = st.history[-1] if st.history else None
+            started = current.start_time if current is not None and current.start_time else st.start_time
+            elapsed = (now - started).total_seconds() if started else 0.0
+            pods = max(1, len(st.plan.nodes))
+            running.append(
+                Running(
+                    key=SubtaskKey(task.metadata.namespace or "default", task.metadata.name, st.name),
+                    class_name=st.plan.class_name,
+                    remaining_seconds=max(0.0, _expected_runtime(task, st, infos, estimates, params) - elapsed),
+                    accelerators=st.plan.accelerators * pods,
+                    cpu=parse_quantity(st.plan.cpu or "0") * pods,
+                )
+            )
+    return demands, running
+
+
+def snapshot_phase(
+    view: ClusterView, work: _Work, infos: Mapping[str, ClassInfo], learning: _Learning, params: CycleParams
+) -> tuple[Snapshot, _Queue]:
+    """Free capacity per node and the queue of ready demands (running work re-estimated with today's knowledge)."""
+    estimates = estimator.Estimator(infos, learning.learned)
+    used = _usage(view, work, infos)
+    nodes: list[NodeInfo] = []
+    for body in view.nodes:
+        info = snapshot.node_info(body, infos, used.get(_meta(body).get("name", ""), {}))
+        if info is not None:
+            nodes.append(info)
+    queue = _Queue()
+    for key, prog in list(work.progresses.items()):
+
+        def step(key: str = key, prog: TaskProgress = prog) -> None:
+            demands, running = _task_queue(work.tasks[key], prog, work, infos, estimates, params)
+            for demand, r in demands:
+                queue.demands[demand.key] = demand
+                queue.owner[demand.key] = key
+                queue.ready[demand.key] = r
+            queue.running.extend(running)
+
+        isolated(work, key, step)
+    snap = Snapshot(
+        now=work.now.timestamp(),
+        classes=infos,
+        nodes=tuple(nodes),
+        demands=tuple(queue.demands.values()),
+        running=tuple(queue.running),
+        learned=dict(learning.learned),
+    )
+    return snap, queue
+
+
+# --------------------------------------------------------------------------- schedule
+
+
+def _without(snap: Snapshot, queue: _Queue, keep: set[str]) -> Snapshot:
+    return Snapshot(
+        now=snap.now,
+        classes=snap.classes,
+        nodes=snap.nodes,
+        demands=tuple(d for d in snap.demands if queue.owner[d.key] in keep),
+        running=tuple(r for r in snap.running if f"{r.key.namespace}/{r.key.task}" in keep),
+        learned=snap.learned,
+    )
+
+
+def schedule_phase(snap: Snapshot, queue: _Queue, work: _Work, params: SchedulerParams) -> CycleResult:
+    """The scheduler over every ready demand; a task that makes it raise is found by bisection and dropped."""
+    try:
+        return scheduler.schedule(snap, params)
+    except Exception as err:  # noqa: BLE001 - isolate the culprit(s) below
+        first: Exception = err
+    owners = sorted(set(queue.owner.values()) | {f"{r.key.namespace}/{r.key.task}" for r in snap.running})
+
+    def raises(group: list[str]) -> Exception | None:
+        try:
+            scheduler.schedule(_without(snap, queue, set(group)), params)
+        except Exception as err:  # noqa: BLE001
+            return err
+        return None
+
+    def culprits(group: list[str]) -> dict[str, Exception]:
+        err = raises(group)
+        if err is None:
+            return {}
+        if len(group) == 1:
+            return {group[0]: err}
+        mid = len(group) // 2
+        return {**culprits(group[:mid]), **culprits(group[mid:])}
+
+    if raises([]) is not None:
+        raise first  # it fails without any task's work: not one task's fault, fail the cycle
+    bad = culprits(owners)
+    if not bad:  # it raised on the whole queue only, never on a part: nothing can be isolated
+        raise first
+    for key, problem in bad.items():
+        work.fail(key, problem)
+    return scheduler.schedule(_without(snap, queue, set(owners) - set(bad)), params)
+
+
+# --------------------------------------------------------------------------- decisions
+
+
+def decisions_phase(
+    view: ClusterView,
+    work: _Work,
+    result: CycleResult,
+    queue: _Queue,
+    ecs: Mapping[str, ExecutorClass],
+) -> tuple[dict[str, int], list[tuple[str, float]]]:
+    """Each task's next status and Jobs; returns pending demands per class and this cycle's waits."""
+    admitted: dict[str, list[Admission]] = {}
+    deferred: dict[str, list[Deferral]] = {}
+    waits: list[tuple[str, float]] = []
+    epoch = work.now.timestamp()
+    for adm in result.admitted:
+        if queue.owner[adm.key] in work.tasks:
+            admitted.setdefault(queue.owner[adm.key], []).append(adm)
+            waits.append((adm.class_name, max(0.0, epoch - queue.ready[adm.key].ready_since.timestamp())))
+    for dfr in result.deferred:
+        deferred.setdefault(queue.owner[dfr.key], []).append(dfr)
+    telemetry = Telemetry(usage=view.gpu_usage, state=view.telemetry, message=view.telemetry_message)
+    pending: dict[str, int] = {}
+    for key, prog in list(work.progresses.items()):
+
+        def step(key: str = key, prog: TaskProgress = prog) -> None:
+            task = work.tasks[key]
+            decision = decide_task(
+                task,
+                prog,
+                admitted.get(key, []),
+                deferred.get(key, []),
+                queue.ready,
+                queue.demands,
+                ecs,
+                telemetry,
+                work.now,
+            )
+            for cls_name in decision.pending_classes:
+                pending[cls_name] = pending.get(cls_name, 0) + 1
+            ns = task.metadata.namespace or ""
+            work.count(ns, decision.status.phase)
+            wire_new = wire(decision.status)
+            changed = wire_new != wire(task.status)
+            expire = _recorded_finished_jobs(work.jobs.get(key, []), decision.status.subtasks)
+            work.outcomes.append(
+                TaskOutcome(
+                    namespace=ns,
+                    name=task.metadata.name,
+                    uid=task.metadata.uid or "",
+                    status=wire_new if changed else None,
+                    create_jobs=decision.creates,
+                    delete_jobs=prog.delete_jobs,
+                    events=decision.events if changed or decision.creates else (),
+                    finished=tuple((a.class_name, a.result, est, a.actual_cost) for a, est in prog.finished)
+                    if changed
+                    else (),
+                    retries=decision.retries,
+                    expire_jobs=expire,
+                    base_version=task.metadata.resource_version or "",
+                    generation=task.metadata.generation,
+                )
+            )
+
+        isolated(work, key, step)
+    return pending, waits
+
+
 def _recorded_finished_jobs(jobs: Sequence[JobView], subtasks: Sequence[Any]) -> tuple[str, ...]:
     """Finished Jobs without a TTL whose attempt the status records as ended."""
     ended = {(s.name, a.number) for s in subtasks for a in s.history if a.result != "Running"}
@@ -344,389 +771,19 @@ def _recorded_finished_jobs(jobs: Sequence[JobView], subtasks: Sequence[Any]) ->
     )
 
 
-def _with_usage(st: Any, view: ClusterView, task: AITask) -> Any:
-    usage = view.gpu_usage.get((task.metadata.namespace or "", task.metadata.name, st.name))
-    if usage is None or st.phase != SubtaskPhase.RUNNING:
-        return st
-    return st.model_copy(update={"metrics": SubtaskMetrics.model_validate(dict(usage))})
+# --------------------------------------------------------------------------- class status
 
 
-def _task_metrics(subtasks: Sequence[Any]) -> TaskMetrics | None:
-    """Task-level GPU use: the sub-tasks' samples combined like pods into an attempt (core.usage)."""
-    combined = combine(
-        (m.gpu_util_avg, m.gpu_util_max, m.gpu_memory_used_max_bytes)
-        for m in (s.metrics for s in subtasks)
-        if m is not None
-    )
-    if combined is None:
-        return None
-    avg, peak, memory = combined
-    return TaskMetrics(
-        gpu_util_avg=None if avg is None else round(avg, 1), gpu_util_max=peak, gpu_memory_used_max_bytes=memory
-    )
-
-
-def _telemetry_condition(
-    conds: Sequence[Any], view: ClusterView, now: datetime, gen: int | None, *, active: bool
-) -> list[Any]:
-    """MetricsUnavailable says, on tasks with running work, that GPU feedback is degraded; nothing waits on it."""
-    if view.telemetry == "unavailable" and active:
-        out, _ = cond.set_condition(
-            conds,
-            type_=ConditionType.METRICS_UNAVAILABLE,
-            status=True,
-            reason=Reason.PROMETHEUS_UNREACHABLE,
-            message=f"GPU utilisation is not being sampled: {view.telemetry_message}",
-            now=now,
-            generation=gen,
-        )
-        return out
-    if view.telemetry == "ok" and cond.get_condition(conds, ConditionType.METRICS_UNAVAILABLE) is not None:
-        out, _ = cond.set_condition(
-            conds,
-            type_=ConditionType.METRICS_UNAVAILABLE,
-            status=False,
-            reason=Reason.PROMETHEUS_OK,
-            message="Prometheus answers again",
-            now=now,
-            generation=gen,
-        )
-        return out
-    return list(conds)
-
-
-def run_cycle(view: ClusterView, params: CycleParams, now: datetime) -> CycleOutcome:
-    """Decide everything one cycle does; see the module docstring for the steps."""
-    warnings: list[str] = []
-    epoch = now.timestamp()
-    # 1. classes and tasks
-    ecs = _parse_classes(view.classes, warnings)
-    infos: dict[str, ClassInfo] = {name: snapshot.class_info(ec) for name, ec in ecs.items()}
-    jobs_by_task: dict[str, list[JobView]] = {}
-    for job in view.jobs:
-        jobs_by_task.setdefault(f"{job.namespace}/{job.task}", []).append(job)
-    pods_by_ns_job: dict[str, list[PodView]] = {}
-    for pod in view.pods:
-        if pod.job:
-            pods_by_ns_job.setdefault(f"{pod.namespace}/{pod.job}", []).append(pod)
-
-    outcomes: list[TaskOutcome] = []
-    tasks: dict[str, AITask] = {}
-    progresses: dict[str, TaskProgress] = {}
-    phases: dict[tuple[str, str], int] = {}
-    for body in view.tasks:
-        meta = body.get("metadata", {})
-        if meta.get("deletionTimestamp"):
-            continue
-        task, problem = parse_task(body)
-        if task is None:
-            outcomes.append(_invalid(body, problem, now))
-            ns = meta.get("namespace", "")
-            phases[(ns, TaskPhase.INVALID)] = phases.get((ns, TaskPhase.INVALID), 0) + 1
-            continue
-        key = task.key
-        tjobs = jobs_by_task.get(key, [])
-        tpods = [p for j in tjobs for p in pods_by_ns_job.get(f"{j.namespace}/{j.name}", [])]
-        if task.status.phase in (TaskPhase.SUCCEEDED, TaskPhase.FAILED) and not any(j.active for j in tjobs):
-            phases[(task.metadata.namespace or "", task.status.phase)] = (
-                phases.get((task.metadata.namespace or "", task.status.phase), 0) + 1
-            )
-            expire = _recorded_finished_jobs(tjobs, task.status.subtasks)
-            if expire:  # a crash after the final status write left these without their TTL
-                outcomes.append(
-                    TaskOutcome(
-                        namespace=task.metadata.namespace or "",
-                        name=task.metadata.name,
-                        uid=task.metadata.uid or "",
-                        status=None,
-                        expire_jobs=expire,
-                    )
-                )
-            continue
-        tasks[key] = task
-        progresses[key] = progress.derive(
-            task,
-            tjobs,
-            tpods,
-            infos,
-            now,
-            backoff_max_seconds=params.backoff_max_seconds,
-            backoff_seconds=params.backoff_seconds,
-        )
-
-    # 2. learning from finished attempts
-    learned = snapshot.learned_map(list(ecs.values()))
-    learned_changed: set[str] = set()
-    observed_stats: list[tuple[str, str, float, float | None, float | None]] = []
-    for key, prog in progresses.items():
-        for obs in prog.observations:
-            if obs.class_name not in ecs:
-                continue
-            k = (obs.profile, obs.class_name)
-            if obs.oom:
-                learned[k] = estimator.observe_oom(learned.get(k))
-            else:
-                learned[k] = estimator.observe(
-                    learned.get(k),
-                    actual_seconds=obs.seconds,
-                    work_units=obs.work_units,
-                    estimated_seconds=obs.estimated_seconds,
-                    learning_rate=params.learning_rate,
-                    gpu_util=obs.gpu_util,
-                )
-                observed_stats.append(
-                    (
-                        tasks[key].metadata.namespace or "",
-                        obs.class_name,
-                        obs.seconds,
-                        obs.estimated_seconds,
-                        obs.gpu_util,
-                    )
-                )
-            learned_changed.add(obs.class_name)
-
-    # 3. snapshot (running work is re-estimated with what was learned since its admission)
-    estimates = estimator.Estimator(infos, learned)
-    used = _usage(view, tasks, progresses, infos)
-    nodes = []
-    for body in view.nodes:
-        info = snapshot.node_info(body, infos, used.get(body.get("metadata", {}).get("name", ""), {}))
-        if info is not None:
-            nodes.append(info)
-    demands: list[Demand] = []
-    ready_index: dict[SubtaskKey, tuple[str, progress.Ready]] = {}
-    running: list[Running] = []
-    for key, prog in progresses.items():
-        task = tasks[key]
-        created = (task.metadata.creation_timestamp or now).timestamp()
-        for r in prog.ready:
-            demand = snapshot.demand_for(
-                task,
-                r.subtask,
-                r.attempt,
-                now=epoch,
-                ready_since=r.ready_since.timestamp(),
-                arrival=created,
-                default_time_weight=params.default_time_weight,
-                default_cost_weight=params.default_cost_weight,
-                min_accel_memory_gib=r.min_accelerator_memory_gib,
-                excluded=r.excluded_classes,
-            )
-            demands.append(demand)
-            ready_index[demand.key] = (key, r)
-        for st in prog.status.subtasks:
-            if st.phase == SubtaskPhase.RUNNING and st.plan is not None:
-                current = st.history[-1] if st.history else None
-                started = current.start_time if current is not None and current.start_time else st.start_time
-                elapsed = (now - started).total_seconds() if started else 0.0
-                pods = max(1, len(st.plan.nodes))
-                running.append(
-                    Running(
-                        key=SubtaskKey(task.metadata.namespace or "default", task.metadata.name, st.name),
-                        class_name=st.plan.class_name,
-                        remaining_seconds=max(0.0, _expected_runtime(task, st, infos, estimates, params) - elapsed),
-                        accelerators=st.plan.accelerators * pods,
-                        cpu=parse_quantity(st.plan.cpu or "0") * pods,
-                    )
-                )
-    demand_by_key = {d.key: d for d in demands}
-    snap = Snapshot(
-        now=epoch,
-        classes=infos,
-        nodes=tuple(nodes),
-        demands=tuple(demands),
-        running=tuple(running),
-        learned=dict(learned),
-    )
-    # 4. schedule
-    result = scheduler.schedule(
-        snap,
-        SchedulerParams(
-            policy=params.policy,
-            ageing_seconds=params.ageing_seconds,
-            low_gpu_util_percent=params.low_gpu_util_percent,
-        ),
-    )
-    admitted_by_task: dict[str, list[Admission]] = {}
-    deferred_by_task: dict[str, list[Deferral]] = {}
-    waits: list[tuple[str, float]] = []
-    for adm in result.admitted:
-        admitted_by_task.setdefault(ready_index[adm.key][0], []).append(adm)
-        waits.append((adm.class_name, max(0.0, epoch - ready_index[adm.key][1].ready_since.timestamp())))
-    for dfr in result.deferred:
-        deferred_by_task.setdefault(ready_index[dfr.key][0], []).append(dfr)
-
-    # 5./6. Jobs and statuses
-    pending_by_class: dict[str, int] = {}
-    for key, prog in progresses.items():
-        task = tasks[key]
-        status = prog.status
-        creates: list[dict[str, Any]] = []
-        events = list(prog.events)
-        subs = {s.name: s for s in status.subtasks}
-        retries: list[tuple[str, str]] = []
-        for adm in admitted_by_task.get(key, []):
-            ready = ready_index[adm.key][1]
-            sub = ready.subtask
-            ec = ecs[adm.class_name]
-            name = job_name(task.metadata.name, sub.name, adm.attempt)
-            creates.append(
-                build_job(
-                    task,
-                    sub,
-                    attempt=adm.attempt,
-                    class_name=adm.class_name,
-                    executor_class=ec.spec,
-                    nodes=adm.nodes,
-                    accelerators=adm.accelerators,
-                    cpu=adm.cpu,
-                    memory=adm.memory,
-                    estimated_seconds=adm.chosen.runtime_seconds or 0.0,
-                )
-            )
-            plan = _plan(
-                adm.chosen,
-                adm.alternatives,
-                ec,
-                accelerators=adm.accelerators,
-                cpu=adm.cpu,
-                memory=adm.memory,
-                nodes=adm.nodes,
-                message=adm.message,
-            )
-            prev = subs[sub.name]
-            if prev.history:
-                retries.append((adm.class_name, prev.history[-1].result))
-            attempt = Attempt(
-                number=adm.attempt, job=name, class_name=adm.class_name, start_time=now, spec_hash=subtask_hash(sub)
-            )
-            subs[sub.name] = prev.model_copy(
-                update={
-                    "phase": SubtaskPhase.RUNNING,
-                    "attempts": adm.attempt,
-                    "job": name,
-                    "plan": plan,
-                    "nodes": list(dict.fromkeys(adm.nodes)),
-                    "retry_after": None,
-                    "ready_since": None,
-                    "start_time": prev.start_time or now,
-                    "message": adm.message,
-                    "history": [*prev.history, attempt],
-                }
-            )
-            events.append(EventSpec("Normal", Reason.ATTEMPT_STARTED, f"{sub.name}: {adm.message}"))
-        for dfr in deferred_by_task.get(key, []):
-            sub_name = dfr.key.subtask
-            prev = subs[sub_name]
-            best_ec = ecs.get(dfr.best.class_name) if dfr.best else None
-            demand = demand_by_key[dfr.key]
-            preview: Plan | None = (
-                _plan(
-                    dfr.best,
-                    dfr.alternatives,
-                    best_ec,
-                    accelerators=demand.accelerators,
-                    cpu=demand.cpu,
-                    memory=demand.memory,
-                    nodes=(),
-                    message=dfr.message,
-                )
-                if dfr.best is not None
-                else None
-            )
-            if dfr.best is None and dfr.alternatives:
-                preview = Plan(
-                    class_name="", alternatives=[_option_alt(a) for a in dfr.alternatives], message=dfr.message
-                )
-            subs[sub_name] = prev.model_copy(update={"plan": preview, "message": dfr.message})
-            cls_name = dfr.best.class_name if dfr.best else "none"
-            pending_by_class[cls_name] = pending_by_class.get(cls_name, 0) + 1
-        ordered = [_with_usage(st, view, task) for st in (subs[s.name] for s in task.spec.subtasks)]
-        planned_all = all(
-            s.plan is not None and s.plan.class_name
-            for s in ordered
-            if s.phase in (SubtaskPhase.QUEUED, SubtaskPhase.RUNNING, SubtaskPhase.BACKOFF)
-        )
-        deferrals = deferred_by_task.get(key, [])
-        gen = task.metadata.generation
-        conds = status.conditions
-        if status.phase not in (TaskPhase.SUCCEEDED, TaskPhase.FAILED):
-            if deferrals:
-                worst = next((d for d in deferrals if d.reason == "NoFeasibleClass"), deferrals[0])
-                reason = Reason.NO_FEASIBLE_CLASS if worst.reason == "NoFeasibleClass" else Reason.WAITING_FOR_CAPACITY
-                conds, _ = cond.set_condition(
-                    conds,
-                    type_=ConditionType.PLANNED,
-                    status=False,
-                    reason=reason,
-                    message=f"{worst.key.subtask}: {worst.message}",
-                    now=now,
-                    generation=gen,
-                )
-            elif planned_all and any(s.plan for s in ordered):
-                conds, _ = cond.set_condition(
-                    conds,
-                    type_=ConditionType.PLANNED,
-                    status=True,
-                    reason=Reason.ALL_PLANNED,
-                    message="every ready sub-task has a placement",
-                    now=now,
-                    generation=gen,
-                )
-        running_now = [s for s in ordered if s.phase == SubtaskPhase.RUNNING]
-        phase = status.phase
-        if phase == TaskPhase.PENDING and running_now:
-            phase = TaskPhase.RUNNING
-        if running_now and phase == TaskPhase.RUNNING:
-            conds, _ = cond.set_condition(
-                conds,
-                type_=ConditionType.RUNNING,
-                status=True,
-                reason=Reason.IN_PROGRESS,
-                message=", ".join(f"{s.name} ({s.job})" for s in running_now),
-                now=now,
-                generation=gen,
-            )
-        conds = _telemetry_condition(conds, view, now, gen, active=bool(running_now))
-        est = [s.plan.estimated_cost for s in ordered if s.plan]
-        new = status.model_copy(
-            update={
-                "subtasks": ordered,
-                "conditions": conds,
-                "phase": phase,
-                "estimated_cost": round(sum(est), 6) if est else status.estimated_cost,
-                "start_time": status.start_time or (now if running_now else None),
-                "metrics": _task_metrics(ordered) or status.metrics,
-            }
-        )
-        ns = task.metadata.namespace or ""
-        phases[(ns, new.phase)] = phases.get((ns, new.phase), 0) + 1
-        wire_new = _wire(new)
-        changed = wire_new != _wire(task.status)
-        outcomes.append(
-            TaskOutcome(
-                namespace=ns,
-                name=task.metadata.name,
-                uid=task.metadata.uid or "",
-                status=wire_new if changed else None,
-                create_jobs=tuple(creates),
-                delete_jobs=prog.delete_jobs,
-                events=tuple(events) if changed or creates else (),
-                finished=tuple((a.class_name, a.result, est, a.actual_cost) for a, est in prog.finished)
-                if changed
-                else (),
-                retries=tuple(retries),
-                expire_jobs=_recorded_finished_jobs(jobs_by_task.get(key, []), ordered),
-            )
-        )
-
-    # class statuses: capacity/allocated from member nodes, learned runtimes
-    class_status: dict[str, dict[str, Any]] = {}
+def class_status_phase(
+    ecs: Mapping[str, ExecutorClass], nodes: Sequence[NodeInfo], learning: _Learning, now: datetime
+) -> dict[str, dict[str, Any]]:
+    """Capacity and allocation (bound pods plus the operator's reservations) per class, learned runtimes."""
+    out: dict[str, dict[str, Any]] = {}
     for name, ec in ecs.items():
         members = [n for n in nodes if name in n.classes]
         res = ec.spec.accelerator.resource_name if ec.spec.accelerator else None
 
-        def totals(pick: str, members: list[Any] = members, res: str | None = res) -> ResourceTotals:
+        def totals(pick: str, members: list[NodeInfo] = members, res: str | None = res) -> ResourceTotals:
             src = [
                 n.allocatable
                 if pick == "cap"
@@ -741,8 +798,8 @@ def run_cycle(view: ClusterView, params: CycleParams, now: datetime) -> CycleOut
             )
 
         learned_api: dict[str, Learned] = dict(ec.status.learned)
-        if name in learned_changed:
-            for (profile, cls), value in learned.items():
+        if name in learning.changed:
+            for (profile, cls), value in learning.learned.items():
                 if cls == name:
                     learned_api[profile] = estimator.to_api(value, updated_at=now)
         new_cs = ec.status.model_copy(
@@ -753,14 +810,40 @@ def run_cycle(view: ClusterView, params: CycleParams, now: datetime) -> CycleOut
                 "observed_generation": ec.metadata.generation,
             }
         )
-        if _wire(new_cs) != _wire(ec.status):
-            class_status[name] = _wire(new_cs)
+        if wire(new_cs) != wire(ec.status):
+            out[name] = wire(new_cs)
+    return out
 
-    stats = CycleStats(
-        tasks_by_phase=phases,
-        admitted=len(result.admitted),
-        pending_by_class=pending_by_class,
-        waits=tuple(waits),
-        observations=tuple(observed_stats),
+
+# --------------------------------------------------------------------------- the cycle
+
+
+def run_cycle(view: ClusterView, params: CycleParams, now: datetime, cache: CycleCache | None = None) -> CycleOutcome:
+    """Decide everything one cycle does; see the module docstring for the phases."""
+    cache = cache if cache is not None else CycleCache()
+    warnings: list[str] = []
+    ecs = _parse_classes(view.classes, warnings)
+    infos: dict[str, ClassInfo] = {name: snapshot.class_info(ec) for name, ec in ecs.items()}
+    work = _Work(now=now)
+    parse_phase(view, work, cache)
+    progress_phase(view, work, infos, params, cache)
+    learning = learning_phase(work, ecs, params)
+    snap, queue = snapshot_phase(view, work, infos, learning, params)
+    sched_params = SchedulerParams(
+        policy=params.policy, ageing_seconds=params.ageing_seconds, low_gpu_util_percent=params.low_gpu_util_percent
     )
-    return CycleOutcome(tasks=tuple(outcomes), class_status=class_status, stats=stats, warnings=tuple(warnings))
+    result = schedule_phase(snap, queue, work, sched_params)
+    pending, waits = decisions_phase(view, work, result, queue, ecs)
+    class_status = class_status_phase(ecs, snap.nodes, learning, now)
+    stats = CycleStats(
+        tasks_by_phase=work.phases,
+        admitted=sum(1 for a in result.admitted if queue.owner[a.key] in work.tasks),
+        pending_by_class=pending,
+        waits=tuple(waits),
+        observations=learning.observed,
+        errors=tuple(work.errors),
+        parsed=work.parsed,
+        derived=work.derived,
+        next_wakeup=min(work.wakeups) if work.wakeups else None,
+    )
+    return CycleOutcome(tasks=tuple(work.outcomes), class_status=class_status, stats=stats, warnings=tuple(warnings))

@@ -24,6 +24,8 @@ ANNOTATION_SPEC_HASH = "aitask.dev/spec-hash"
 ANNOTATION_TASK = "aitask.dev/task-name"
 ANNOTATION_CLASS = "aitask.dev/class-name"
 MAX_LABEL_VALUE = 63
+ANNOTATION_ESTIMATED_SECONDS = "aitask.dev/estimated-seconds"
+ANNOTATION_PLANNED_NODES = "aitask.dev/planned-nodes"
 
 
 def label_value(name: str) -> str:
@@ -64,6 +66,14 @@ class JobView:
     deleting: bool
     spec_hash: str
     ttl_seconds: int | None = None  # spec.ttlSecondsAfterFinished; set by us once the result is recorded
+    # What the Job asks for per pod and where it was planned (to adopt a Job the status does not record).
+    accelerators: int = 0
+    cpu: str = ""
+    memory: str = ""
+    planned_nodes: tuple[str, ...] = ()
+    estimated_seconds: float = 0.0
+    parallelism: int = 1
+    completions: int = 1
 
     @property
     def finished(self) -> bool:
@@ -125,7 +135,32 @@ def job_view(body: Mapping[str, Any]) -> JobView | None:
         deleting=bool(meta.get("deletionTimestamp")),
         spec_hash=annotations.get(ANNOTATION_SPEC_HASH, ""),
         ttl_seconds=(body.get("spec") or {}).get("ttlSecondsAfterFinished"),
+        parallelism=int((body.get("spec") or {}).get("parallelism") or 1),
+        completions=int((body.get("spec") or {}).get("completions") or 1),
+        **_pod_shape(body, annotations),
     )
+
+
+def _pod_shape(body: Mapping[str, Any], annotations: Mapping[str, str]) -> dict[str, Any]:
+    template = ((body.get("spec") or {}).get("template") or {}).get("spec") or {}
+    containers = template.get("containers") or [{}]
+    requests = (containers[0].get("resources") or {}).get("requests") or {}
+    accelerators = 0
+    for name, qty in requests.items():
+        if name not in ("cpu", "memory", "ephemeral-storage") and str(qty).isdigit():
+            accelerators = int(qty)
+    try:
+        estimated = float(annotations.get(ANNOTATION_ESTIMATED_SECONDS, "0") or 0)
+    except ValueError:
+        estimated = 0.0
+    nodes = annotations.get(ANNOTATION_PLANNED_NODES, "")
+    return {
+        "accelerators": accelerators,
+        "cpu": str(requests.get("cpu", "")),
+        "memory": str(requests.get("memory", "")),
+        "planned_nodes": tuple(n for n in nodes.split(",") if n),
+        "estimated_seconds": estimated,
+    }
 
 
 def _sum_requests(spec: Mapping[str, Any]) -> dict[str, str]:

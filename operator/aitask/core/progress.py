@@ -21,6 +21,7 @@ from aitask.api.v1alpha1 import (
     AITask,
     AITaskStatus,
     Attempt,
+    Plan,
     Subtask,
     SubtaskPhase,
     SubtaskStatus,
@@ -43,6 +44,19 @@ _M = TypeVar("_M", bound=Any)
 def _upd(model: _M, **changes: Any) -> _M:
     """A copy of a frozen API model with some fields changed (no re-validation)."""
     return model.model_copy(update=changes)  # type: ignore[no-any-return]
+
+
+def _adopted_plan(job: JobView) -> Plan:
+    """What an existing Job says of its placement, for an attempt the status did not record as such."""
+    return Plan(
+        class_name=job.class_name,
+        accelerators=job.accelerators,
+        cpu=job.cpu,
+        memory=job.memory,
+        nodes=list(job.planned_nodes),
+        estimated_seconds=job.estimated_seconds,
+        message=f"adopted Job {job.name} on {job.class_name or '?'}",
+    )
 
 
 def subtask_hash(sub: Subtask) -> str:
@@ -167,10 +181,33 @@ def derive(
         for number, job in seen.items():
             if number not in history:
                 history[number] = Attempt(
-                    number=number, job=job.name, class_name=job.class_name, spec_hash=job.spec_hash
+                    number=number,
+                    job=job.name,
+                    class_name=job.class_name,
+                    spec_hash=job.spec_hash,
+                    start_time=job.start_time,
                 )
+                events.append(
+                    EventSpec(
+                        "Normal",
+                        Reason.ATTEMPT_ADOPTED,
+                        f"{sub.name}: attempt {number} found as Job {job.name} on {job.class_name or '?'} "
+                        "(the status write that recorded it was lost)",
+                    )
+                )
+            elif history[number].class_name != job.class_name and job.class_name:
+                # The Job that exists is what runs: a status that says otherwise is corrected.
+                history[number] = _upd(history[number], class_name=job.class_name)
         if latest > st.attempts:
-            st = _upd(st, attempts=latest, phase=SubtaskPhase.RUNNING, job=seen[latest].name)
+            newest = seen[latest]
+            kept = st.plan if st.plan is not None and st.plan.class_name == newest.class_name else None
+            st = _upd(
+                st, attempts=latest, phase=SubtaskPhase.RUNNING, job=newest.name, plan=kept or _adopted_plan(newest)
+            )
+        elif st.phase == SubtaskPhase.RUNNING and latest in seen and st.plan is not None:
+            newest = seen[latest]
+            if newest.class_name and st.plan.class_name != newest.class_name:
+                st = _upd(st, plan=_adopted_plan(newest))  # e.g. a Job of another class answered our create with 409
 
         if st.phase in _TERMINAL:
             out[sub.name] = _upd(st, history=sorted(history.values(), key=lambda a: a.number))
@@ -314,6 +351,70 @@ def derive(
     )
 
 
+def settle(
+    phase: TaskPhase, conds: Sequence[Any], ordered: Sequence[SubtaskStatus], now: datetime, gen: int | None
+) -> tuple[TaskPhase, list[Any]]:
+    """The task phase and Running condition that follow from its sub-tasks (the one place that sets them)."""
+    running = [s for s in ordered if s.phase == SubtaskPhase.RUNNING]
+    if phase == TaskPhase.PENDING and running:
+        phase = TaskPhase.RUNNING
+    active = phase == TaskPhase.RUNNING and bool(running)
+    out, _ = cond.set_condition(
+        conds,
+        type_=ConditionType.RUNNING,
+        status=active,
+        reason=Reason.IN_PROGRESS if active else Reason.IDLE,
+        message=", ".join(f"{s.name} ({s.job})" for s in running) if active else "no attempt is running",
+        now=now,
+        generation=gen,
+    )
+    return phase, out
+
+
+def start_attempt(
+    prev: SubtaskStatus, sub: Subtask, number: int, *, job: str, plan: Plan, message: str, now: datetime
+) -> SubtaskStatus:
+    """Queued -> Running: the admitted attempt, recorded before its Job is known to exist."""
+    attempt = Attempt(number=number, job=job, class_name=plan.class_name, start_time=now, spec_hash=subtask_hash(sub))
+    return _upd(
+        prev,
+        phase=SubtaskPhase.RUNNING,
+        attempts=number,
+        job=job,
+        plan=plan,
+        nodes=list(dict.fromkeys(plan.nodes)),
+        retry_after=None,
+        ready_since=None,
+        start_time=prev.start_time or now,
+        message=message,
+        history=[*prev.history, attempt],
+    )
+
+
+def next_change(task: AITask, status: AITaskStatus, jobs: Sequence[JobView]) -> datetime | None:
+    """The earliest time at which ``derive`` could answer differently with the same inputs.
+
+    A backoff expiring, the task's deadline, or the grace for a Job not seen yet running out;
+    None when only a change of the task, its Jobs or its pods can change the result.
+    """
+    if status.phase in (TaskPhase.SUCCEEDED, TaskPhase.FAILED):
+        return None
+    times: list[datetime] = []
+    created = task.metadata.creation_timestamp
+    if task.spec.deadline is not None and created is not None:
+        times.append(created + timedelta(seconds=task.spec.deadline.seconds))
+    seen = {(j.subtask, j.attempt) for j in jobs}
+    for st in status.subtasks:
+        if st.phase == SubtaskPhase.BACKOFF and st.retry_after is not None:
+            times.append(st.retry_after)
+        if st.phase == SubtaskPhase.RUNNING and (st.name, st.attempts) not in seen:
+            current = st.history[-1] if st.history else None
+            admitted = current.start_time if current is not None and current.start_time else st.start_time
+            if admitted is not None:
+                times.append(admitted + JOB_VISIBILITY_GRACE + timedelta(seconds=1))
+    return min(times) if times else None
+
+
 def _escalation(st: SubtaskStatus, classes: Mapping[str, ClassInfo]) -> tuple[float, frozenset[str]]:
     """After OOM kills, ask for strictly more accelerator memory and avoid the classes that failed."""
     excluded = frozenset(a.class_name for a in st.history if a.result == "OOMKilled" and a.class_name)
@@ -451,16 +552,7 @@ def _task_level(
         ready.clear()
     if phase is None:
         phase = TaskPhase.RUNNING if running or done else TaskPhase.PENDING
-    active = phase == TaskPhase.RUNNING and bool(running)
-    conds, _ = cond.set_condition(
-        conds,
-        type_=ConditionType.RUNNING,
-        status=active,
-        reason=Reason.IN_PROGRESS if active else Reason.IDLE,
-        message=", ".join(f"{s.name} ({s.job})" for s in running) if active else "no attempt is running",
-        now=now,
-        generation=gen,
-    )
+    phase, conds = settle(phase, conds, ordered, now, gen)
     if changed_while_running:
         conds, _ = cond.set_condition(
             conds,

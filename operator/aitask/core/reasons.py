@@ -23,6 +23,7 @@ class Reason(StrEnum):
     NO_FEASIBLE_CLASS = "NoFeasibleClass"
     ALL_PLANNED = "AllPlanned"
     ATTEMPT_STARTED = "AttemptStarted"
+    ATTEMPT_ADOPTED = "AttemptAdopted"
     ATTEMPT_SUCCEEDED = "AttemptSucceeded"
     ATTEMPT_FAILED = "AttemptFailed"
     OOM_KILLED = "OOMKilled"

@@ -1,16 +1,27 @@
-"""The scheduling cycle's driver: indexes -> control.cycle (pure) -> API calls.
+"""The scheduling loop's driver: indexes -> control.cycle (pure) -> API writes.
 
-Cycles run only from handlers (a timer on each unfinished AITask, and a short debounce
-after any relevant watch event), so they pause with Kopf when another peer is active:
-two replicas never both act. One cycle runs at a time; one status write per task.
+Triggers. A watch event on an AITask, one of our Jobs or pods, or an ExecutorClass asks for a
+cycle (``poke``); pokes within the debounce window make one cycle, and a poke during a cycle
+makes exactly one more. Time-based changes (backoff expiry, deadlines, ageing, capacity of
+other workloads) are served by one periodic cycle, driven by a Kopf timer on the
+ExecutorClasses: there is no per-AITask timer, so finished AITasks cost nothing. Every
+trigger is a Kopf handler, so cycles pause with Kopf when another peer is active.
+
+Writes. A cycle only computes (under the lock); its writes go out afterwards, up to
+``api_concurrency`` tasks at a time, each task's in order: Jobs created or deleted, then its
+one status write, then its Events. What a cycle decided is overlaid on the task's status
+until the watch shows it, so the next cycle (which may run while writes are in flight)
+decides from it; a write that fails drops the overlay and every later decision made from
+it, and the next cycle decides again from what the cluster shows.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -22,15 +33,24 @@ from aitask import metrics
 from aitask.adapters import kube
 from aitask.adapters.prom import PrometheusClient, PrometheusUnavailable, pod_regex_for_pods
 from aitask.api.v1alpha1 import GROUP, VERSION
-from aitask.control.cycle import ClusterView, CycleOutcome, CycleParams, run_cycle
+from aitask.control.cycle import (
+    ClusterView,
+    CycleCache,
+    CycleOutcome,
+    CycleParams,
+    FinishedTask,
+    TaskOutcome,
+    run_cycle,
+    task_key,
+)
 from aitask.core.observed import LABEL_TASK, JobView, PodView
 from aitask.settings import OperatorSettings, load_settings
 
 log = logging.getLogger("aitask.scheduler")
 SETTINGS = load_settings()
-_FINISHED = ("Succeeded", "Failed", "Invalid")
 _STATUS_CACHE_SECONDS = 30.0
 MAX_FAILED_CYCLES = 5
+DEBOUNCE_SECONDS = 0.2
 # Attempt.result -> the bounded label values of aitask_subtask_attempts_total / _retries_total.
 _RESULT_LABEL = {
     "Succeeded": "succeeded",
@@ -39,22 +59,41 @@ _RESULT_LABEL = {
     "DeadlineExceeded": "deadline_exceeded",
     "Cancelled": "cancelled",
 }
+# A Job the API server refuses with these codes will be refused again: the task becomes Invalid.
+_REJECTED = (400, 422)
 
 
-def _values(index: kopf.Index[str, Any]) -> list[Any]:
+def _values(index: kopf.Index[str, Any] | Mapping[str, Any]) -> list[Any]:
     store = index.get("all")
     return list(store) if store is not None else []
 
 
 @dataclass
+class _Overlay:
+    status: dict[str, Any]
+    serial: int
+    at: float
+    written_rv: str | None = None  # None while the write is in flight
+
+
+@dataclass
 class Engine:
-    """Holds the one-cycle-at-a-time lock and the statuses written but not yet seen in the watch."""
+    """One cycle at a time, the status overlay, the write pipeline and the GPU sampler."""
 
     settings: OperatorSettings
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     last_run: float = 0.0
-    pending: asyncio.Task[None] | None = None
-    written: dict[str, tuple[float, str, dict[str, Any]]] = field(default_factory=dict)
+    cycles: int = 0  # cycles completed since start (readiness waits for the first)
+    runner: asyncio.Task[None] | None = None
+    dirty: bool = False
+    dirty_reason: str = ""
+    written: dict[str, _Overlay] = field(default_factory=dict)
+    cache: CycleCache = field(default_factory=CycleCache)
+    rejected: dict[str, tuple[int | None, str]] = field(default_factory=dict)
+    inflight: dict[str, asyncio.Task[None]] = field(default_factory=dict)
+    failed_serials: set[int] = field(default_factory=set)
+    serial: int = 0
+    writers: asyncio.Semaphore | None = None
     # GPU feedback: sampled in the background so a slow Prometheus never delays a cycle.
     gpu_usage: dict[tuple[str, str, str], dict[str, Any]] = field(default_factory=dict)
     telemetry: str = "disabled"
@@ -68,6 +107,10 @@ class Engine:
         """Liveness: a few failed cycles in a row (an API outage, a bug) make a restart worthwhile."""
         return self.failures < MAX_FAILED_CYCLES
 
+    def ready(self) -> bool:
+        """Readiness: the first cycle has run (the indexes were listed and acted on) and the loop is healthy."""
+        return self.cycles > 0 and self.healthy()
+
     def __post_init__(self) -> None:
         if self.settings.prometheus_url:
             self.prom = PrometheusClient(
@@ -75,6 +118,8 @@ class Engine:
                 self.settings.prometheus_timeout_seconds,
                 observer=lambda op, seconds, ok: metrics.observe_api_request("prometheus", op, seconds, ok),
             )
+
+    # ------------------------------------------------------------------ GPU feedback
 
     def _gpu_targets(self, view: ClusterView, now: datetime) -> list[tuple[tuple[str, str, str], list[str], float]]:
         """Running GPU attempts, their pods and how far back to look."""
@@ -132,6 +177,8 @@ class Engine:
                 del self.gpu_usage[key]  # finished attempts keep their last sample in status already
         self.sampler = asyncio.create_task(self._sample(targets))
 
+    # ------------------------------------------------------------------ the cycle
+
     def params(self) -> CycleParams:
         s = self.settings
         return CycleParams(
@@ -145,122 +192,260 @@ class Engine:
             low_gpu_util_percent=s.gpu_util_low_percent,
         )
 
-    def _fresh_tasks(self, bodies: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Overlay statuses this process wrote but the watch has not delivered yet.
+    def _fresh_tasks(self, entries: Iterable[Any]) -> tuple[list[dict[str, Any]], list[FinishedTask], dict[str, int]]:
+        """Split the index into task bodies and finished records; overlay statuses decided but not seen yet.
 
-        Without it a cycle right after a write would read the old status and decide again
-        on the same facts (harmless, since Job names are deterministic, but noisy).
+        Returns the bodies, the finished records and, per overlaid task, the serial of the
+        overlay it carries (a decision made from an overlay is dropped if that overlay's write fails).
         """
         now = time.monotonic()
-        out = []
-        for body in bodies:
-            meta = body.get("metadata", {})
-            key = f"{meta.get('namespace')}/{meta.get('name')}"
-            cached = self.written.get(key)
-            if cached is not None:
-                at, rv, status = cached
-                if meta.get("resourceVersion") == rv or now - at > _STATUS_CACHE_SECONDS:
+        bodies: list[dict[str, Any]] = []
+        finished: list[FinishedTask] = []
+        based: dict[str, int] = {}
+        seen: set[str] = set()
+        for entry in entries:
+            if isinstance(entry, FinishedTask):
+                key = f"{entry.namespace}/{entry.name}"
+                seen.add(key)
+                over = self.written.get(key)
+                if over is not None and (over.written_rv is None or now - over.at <= _STATUS_CACHE_SECONDS):
+                    continue  # finished per the watch, but a decision about it is still being written
+                self.written.pop(key, None)
+                finished.append(entry)
+                continue
+            meta = entry.get("metadata", {})
+            key = task_key(entry)
+            seen.add(key)
+            over = self.written.get(key)
+            if over is not None:
+                caught_up = over.written_rv is not None and meta.get("resourceVersion") == over.written_rv
+                expired = over.written_rv is not None and now - over.at > _STATUS_CACHE_SECONDS
+                if caught_up or expired:
                     self.written.pop(key, None)
                 else:
-                    body = {**body, "status": status}
-            out.append(body)
-        seen = {f"{b.get('metadata', {}).get('namespace')}/{b.get('metadata', {}).get('name')}" for b in out}
+                    entry = {**entry, "status": over.status}
+                    based[key] = over.serial
+            bodies.append(entry)
         for key in [k for k in self.written if k not in seen]:
             del self.written[key]  # the AITask is gone
-        return out
+        for key in [k for k in self.rejected if k not in seen]:
+            del self.rejected[key]
+        return bodies, finished, based
 
-    async def run(self, indexes: dict[str, kopf.Index[str, Any]], reason: str) -> None:
+    async def run(self, indexes: Mapping[str, Any], reason: str) -> None:
+        """One cycle, returning when its writes are done (the loop itself does not wait for them)."""
+        writes = await self.cycle(indexes, reason)
+        if writes:
+            await asyncio.gather(*writes, return_exceptions=True)
+
+    async def cycle(self, indexes: Mapping[str, Any], reason: str) -> list[asyncio.Task[None]]:
+        """Compute one cycle and start its writes; counts consecutive failures for liveness."""
         try:
-            await self._run(indexes, reason)
+            writes = await self._run(indexes, reason)
         except Exception:
             self.failures += 1
             raise
         self.failures = 0
+        return writes
 
-    async def _run(self, indexes: dict[str, kopf.Index[str, Any]], reason: str) -> None:
+    async def _run(self, indexes: Mapping[str, Any], reason: str) -> list[asyncio.Task[None]]:
         async with self.lock:
             start = time.perf_counter()
             self.last_run = time.monotonic()
+            bodies, finished, based = self._fresh_tasks(_values(indexes["aitask_index"]))
             view = ClusterView(
-                tasks=self._fresh_tasks(_values(indexes["aitask_index"])),
+                tasks=bodies,
+                finished=finished,
                 jobs=[j for j in _values(indexes["job_index"]) if isinstance(j, JobView)],
                 pods=[p for p in _values(indexes["pod_index"]) if isinstance(p, PodView)],
                 nodes=_values(indexes["node_index"]),
                 classes=_values(indexes["executorclass_index"]),
+                rejected=dict(self.rejected),
             )
             now = datetime.now(UTC)
             self.maybe_sample(view, now)
             view = replace(
                 view, gpu_usage=dict(self.gpu_usage), telemetry=self.telemetry, telemetry_message=self.telemetry_message
             )
-            outcome = await asyncio.to_thread(run_cycle, view, self.params(), now)
-            await self.apply(outcome)
-            duration = time.perf_counter() - start
-            admitted: dict[str, int] = {}
-            for cls_name, wait in outcome.stats.waits:
-                admitted[cls_name] = admitted.get(cls_name, 0) + 1
-                metrics.record_queue_wait(cls_name, wait)
-            metrics.record_cycle(duration, admitted, outcome.stats.pending_by_class)
-            metrics.record_task_phases(outcome.stats.tasks_by_phase)
-            for _namespace, cls_name, actual, estimated, gpu_util in outcome.stats.observations:
-                if estimated:
-                    metrics.record_runtime(cls_name, estimated, actual)
-                if gpu_util is not None:
-                    metrics.record_gpu_utilization(cls_name, gpu_util)
-            for warning in outcome.warnings:
-                log.warning("%s", warning)
-            if outcome.stats.admitted or any(t.status for t in outcome.tasks):
-                log.info(
-                    "cycle (%s): %d admitted, %d status writes in %.3fs",
-                    reason,
-                    outcome.stats.admitted,
-                    sum(1 for t in outcome.tasks if t.status),
-                    duration,
-                )
+            outcome = await asyncio.to_thread(run_cycle, view, self.params(), now, self.cache)
+            writes = self._dispatch(outcome, based)
+            self.cycles += 1
+            self._record(outcome, time.perf_counter() - start, reason)
+            return writes
 
-    async def apply(self, outcome: CycleOutcome) -> None:
-        """Create/delete Jobs, then one status write per task, then its Events."""
-        for task in outcome.tasks:
+    def _record(self, outcome: CycleOutcome, duration: float, reason: str) -> None:
+        admitted: dict[str, int] = {}
+        for cls_name, wait in outcome.stats.waits:
+            admitted[cls_name] = admitted.get(cls_name, 0) + 1
+            metrics.record_queue_wait(cls_name, wait)
+        metrics.record_cycle(duration, admitted, outcome.stats.pending_by_class)
+        metrics.record_cycle_work(outcome.stats.parsed, outcome.stats.derived)
+        metrics.record_task_phases(outcome.stats.tasks_by_phase)
+        for _namespace, cls_name, actual, estimated, gpu_util in outcome.stats.observations:
+            if estimated:
+                metrics.record_runtime(cls_name, estimated, actual)
+            if gpu_util is not None:
+                metrics.record_gpu_utilization(cls_name, gpu_util)
+        for key, kind in outcome.stats.errors:
+            metrics.record_reconcile_error("AITask", "isolated")
+            log.error("AITask %s isolated from the cycle: %s (see its InternalError condition)", key, kind)
+        for warning in outcome.warnings:
+            log.warning("%s", warning)
+        writes = sum(1 for t in outcome.tasks if t.status)
+        if outcome.stats.admitted or writes:
+            log.info(
+                "cycle (%s): %d admitted, %d status writes, %d parsed, %d derived in %.3fs",
+                reason,
+                outcome.stats.admitted,
+                writes,
+                outcome.stats.parsed,
+                outcome.stats.derived,
+                duration,
+            )
+
+    # ------------------------------------------------------------------ writes
+
+    def _dispatch(self, outcome: CycleOutcome, based: Mapping[str, int]) -> list[asyncio.Task[None]]:
+        """Start the writes of every task that has any; overlay each decided status at once."""
+        if self.writers is None:
+            self.writers = asyncio.Semaphore(max(1, self.settings.api_concurrency))
+        tasks: list[asyncio.Task[None]] = []
+        for out in outcome.tasks:
+            if not out.writes and not out.events:
+                continue
+            serial = 0
+            if out.status is not None:
+                self.serial += 1
+                serial = self.serial
+                self.written[out.key] = _Overlay(status=out.status, serial=serial, at=time.monotonic())
+            previous = self.inflight.get(out.key)
+            task = asyncio.create_task(self._write_task(out, serial, based.get(out.key), previous))
+            self.inflight[out.key] = task
+            task.add_done_callback(functools.partial(self._done, out.key))
+            tasks.append(task)
+        if outcome.class_status:
+            tasks.append(asyncio.create_task(self._write_classes(outcome.class_status)))
+        return tasks
+
+    def _done(self, key: str, task: asyncio.Task[None]) -> None:
+        if self.inflight.get(key) is task:
+            del self.inflight[key]
+
+    def _abandon(self, out: TaskOutcome, serial: int) -> None:
+        over = self.written.get(out.key)
+        if over is not None and over.serial == serial:
+            del self.written[out.key]
+        if serial:
+            self.failed_serials.add(serial)
+
+    async def _write_task(
+        self, out: TaskOutcome, serial: int, based_on: int | None, previous: asyncio.Task[None] | None
+    ) -> None:
+        """Jobs, then the status, then the Events of one task, after its previous writes."""
+        if previous is not None:
+            await asyncio.gather(previous, return_exceptions=True)
+        if based_on is not None and based_on in self.failed_serials:
+            self._abandon(out, serial)  # decided from a status that never reached the API server
+            return
+        assert self.writers is not None  # noqa: S101 - set by _dispatch
+        async with self.writers:
             try:
-                for manifest in task.create_jobs:
-                    created = await kube.create_job(manifest)
-                    if not created:
-                        log.info("job %s/%s already existed", task.namespace, manifest["metadata"]["name"])
-                for job in task.delete_jobs:
-                    await kube.delete_job(task.namespace, job)
-                if task.status is not None:
-                    result = await kube.patch_task_status(task.namespace, task.name, task.status)
-                    if result is None:
-                        continue
-                    rv = result.get("metadata", {}).get("resourceVersion", "")
-                    self.written[f"{task.namespace}/{task.name}"] = (time.monotonic(), rv, task.status)
-                    for cls_name, ended, estimated, actual in task.finished:
-                        metrics.record_attempt(task.namespace, cls_name, _RESULT_LABEL.get(ended, "other"))
-                        metrics.record_cost(task.namespace, cls_name, estimated or 0.0, actual)
-                for cls_name, failed in task.retries:
-                    metrics.record_retry(task.namespace, cls_name, _RESULT_LABEL.get(failed, "other"))
-                for job in task.expire_jobs:
-                    await kube.expire_job(task.namespace, job, self.settings.job_ttl_seconds)
-                for event in task.events:
-                    await kube.post_event(
-                        namespace=task.namespace,
-                        name=task.name,
-                        uid=task.uid,
-                        kind="AITask",
-                        type_=event.type,
-                        reason=event.reason,
-                        message=event.message,
-                    )
+                await self._write_ordered(out, serial)
             except ApiException as err:
-                # One task's trouble must not stop the others; the next cycle retries it.
+                # One task's trouble must not stop the others; the next cycle decides again.
+                self._abandon(out, serial)
                 metrics.record_reconcile_error("AITask", f"api_{err.status}")
-                log.warning("reconcile of %s/%s failed: %s %s", task.namespace, task.name, err.status, err.reason)
-        for name, status in outcome.class_status.items():
+                log.warning("writes of %s failed: %s %s", out.key, err.status, err.reason)
+
+    async def _write_ordered(self, out: TaskOutcome, serial: int) -> None:
+        for manifest in out.create_jobs:
+            if not await self._create(out, manifest):
+                self._abandon(out, serial)
+                return
+        for job in out.delete_jobs:
+            await kube.delete_job(out.namespace, job)
+        if out.status is not None:
+            result = await kube.patch_task_status(out.namespace, out.name, out.status)
+            if result is None:
+                self._abandon(out, serial)
+                return
+            over = self.written.get(out.key)
+            if over is not None and over.serial == serial:
+                over.written_rv = result.get("metadata", {}).get("resourceVersion", "")
+                over.at = time.monotonic()
+            for cls_name, ended, estimated, actual in out.finished:
+                metrics.record_attempt(out.namespace, cls_name, _RESULT_LABEL.get(ended, "other"))
+                metrics.record_cost(out.namespace, cls_name, estimated or 0.0, actual)
+        for cls_name, failed in out.retries:
+            metrics.record_retry(out.namespace, cls_name, _RESULT_LABEL.get(failed, "other"))
+        for job in out.expire_jobs:
+            await kube.expire_job(out.namespace, job, self.settings.job_ttl_seconds)
+        for event in out.events:
+            await kube.post_event(
+                namespace=out.namespace,
+                name=out.name,
+                uid=out.uid,
+                kind="AITask",
+                type_=event.type,
+                reason=event.reason,
+                message=event.message,
+            )
+
+    async def _create(self, out: TaskOutcome, manifest: Mapping[str, Any]) -> bool:
+        """Create one Job; False when the decision that asked for it must not be recorded."""
+        name = manifest["metadata"]["name"]
+        try:
+            created = await kube.create_job(manifest)
+        except ApiException as err:
+            if err.status not in _REJECTED:
+                raise
+            message = f"the API server refused the child Job {name}: {kube.error_message(err)}"
+            log.warning("%s: %s", out.key, message)
+            self.rejected[out.key] = (out.generation, message)
+            return False
+        if created:
+            return True
+        # 409: the Job exists. Ours, of the class we chose: the same decision again, record it.
+        existing = await kube.read_job(out.namespace, name)
+        labels = manifest["metadata"]["labels"]
+        theirs = (existing or {}).get("metadata", {}).get("labels") or {}
+        if all(theirs.get(k) == v for k, v in labels.items()):
+            return True
+        # Another class (or not ours): record nothing now; the next cycle adopts what really runs.
+        log.info("job %s/%s already exists with other labels %s; adopting it next cycle", out.namespace, name, theirs)
+        return False
+
+    async def _write_classes(self, statuses: Mapping[str, dict[str, Any]]) -> None:
+        for name, status in statuses.items():
             try:
                 await kube.patch_class_status(name, status)
             except ApiException as err:
                 metrics.record_reconcile_error("ExecutorClass", f"api_{err.status}")
                 log.warning("status of ExecutorClass %s not written: %s", name, err.reason)
+
+    async def drain(self) -> None:
+        """Wait for every write in flight (tests, shutdown)."""
+        while self.inflight:
+            await asyncio.gather(*list(self.inflight.values()), return_exceptions=True)
+
+    # ------------------------------------------------------------------ triggers
+
+    def poke(self, indexes: Mapping[str, Any], reason: str) -> None:
+        """Ask for a cycle soon: pokes within the debounce window, or during a cycle, make one more cycle."""
+        self.dirty = True
+        self.dirty_reason = reason
+        if self.runner is None or self.runner.done():
+            self.runner = asyncio.create_task(self._runner(indexes))
+
+    async def _runner(self, indexes: Mapping[str, Any]) -> None:
+        while self.dirty:
+            await asyncio.sleep(DEBOUNCE_SECONDS)  # coalesce a burst of watch events into one cycle
+            self.dirty = False
+            try:
+                await self.cycle(indexes, self.dirty_reason)
+            except Exception:  # noqa: BLE001 - a detached task: nobody else would see it; the timer retries
+                metrics.record_reconcile_error("Cycle", "unexpected")
+                log.exception("scheduling cycle (%s) failed; the periodic cycle will try again", self.dirty_reason)
 
 
 def engine(memo: kopf.Memo) -> Engine:
@@ -272,21 +457,8 @@ def engine(memo: kopf.Memo) -> Engine:
     return eng
 
 
-async def _run_soon(eng: Engine, indexes: dict[str, kopf.Index[str, Any]], reason: str) -> None:
-    await asyncio.sleep(0.2)  # coalesce a burst of watch events into one cycle
-    eng.pending = None
-    try:
-        await eng.run(indexes, reason)
-    except Exception:  # noqa: BLE001 - a detached task: nobody else would see it; the timer retries
-        metrics.record_reconcile_error("Cycle", "unexpected")
-        log.exception("scheduling cycle (%s) failed; the periodic cycle will try again", reason)
-
-
-def poke(memo: kopf.Memo, indexes: dict[str, kopf.Index[str, Any]], reason: str) -> None:
-    """Ask for a cycle soon; many pokes within the debounce window make one cycle."""
-    eng = engine(memo)
-    if eng.pending is None or eng.pending.done():
-        eng.pending = asyncio.create_task(_run_soon(eng, indexes, reason))
+def poke(memo: kopf.Memo, indexes: Mapping[str, Any], reason: str) -> None:
+    engine(memo).poke(indexes, reason)
 
 
 def _indexes(kwargs: dict[str, Any]) -> dict[str, kopf.Index[str, Any]]:
@@ -294,18 +466,15 @@ def _indexes(kwargs: dict[str, Any]) -> dict[str, kopf.Index[str, Any]]:
     return {n: kwargs[n] for n in names}
 
 
-@kopf.timer(
-    GROUP,
-    VERSION,
-    "aitasks",
-    interval=SETTINGS.scheduling_period_seconds,
-    when=lambda status, **_: status.get("phase") not in _FINISHED,
-)
-async def aitask_tick(memo: kopf.Memo, **kwargs: Any) -> None:
-    """Periodic cycle: ageing, backoff expiry and deadlines advance with time, not events."""
+@kopf.timer(GROUP, VERSION, "executorclasses", interval=SETTINGS.scheduling_period_seconds)
+async def periodic(memo: kopf.Memo, **kwargs: Any) -> None:
+    """The periodic cycle: ageing, backoff expiry, deadlines and other workloads' pods move with time.
+
+    A timer per ExecutorClass (a handful), not per AITask; the engine runs one cycle per period.
+    """
     eng = engine(memo)
     if time.monotonic() - eng.last_run >= SETTINGS.scheduling_period_seconds * 0.9:
-        await eng.run(_indexes(kwargs), "period")
+        eng.poke(_indexes(kwargs), "period")
 
 
 @kopf.on.event(GROUP, VERSION, "aitasks")

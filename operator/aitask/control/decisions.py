@@ -1,0 +1,284 @@
+"""The scheduler's decisions for one task, as its next status and the Jobs to create (pure).
+
+``decide_task`` is the "apply decisions to status" phase of the cycle: admissions become
+attempts (through ``core.progress.start_attempt``, the owner of every sub-task transition)
+and Job manifests; deferrals become plan previews; the task-level phase and conditions are
+settled by ``core.progress.settle``. A status that did not change is not written.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from aitask.api.v1alpha1 import (
+    AITask,
+    AITaskStatus,
+    Alternative,
+    ExecutorClass,
+    ExecutorClassStatus,
+    Plan,
+    SubtaskMetrics,
+    SubtaskPhase,
+    SubtaskStatus,
+    TaskMetrics,
+    TaskPhase,
+)
+from aitask.build.jobs import build_job
+from aitask.core import conditions as cond
+from aitask.core import progress
+from aitask.core.progress import EventSpec, Ready, TaskProgress
+from aitask.core.quantity import format_cpu, format_memory
+from aitask.core.reasons import ConditionType, Reason
+from aitask.core.types import Admission, Deferral, Demand, Option, SubtaskKey
+from aitask.core.usage import combine
+
+
+@dataclass(frozen=True)
+class Telemetry:
+    """GPU feedback as the handlers sampled it."""
+
+    usage: Mapping[tuple[str, str, str], Mapping[str, Any]]  # (namespace, task, subtask) -> metrics
+    state: str = "disabled"  # disabled | ok | unavailable
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class TaskDecision:
+    status: AITaskStatus
+    creates: tuple[dict[str, Any], ...]
+    events: tuple[EventSpec, ...]
+    retries: tuple[tuple[str, str], ...]  # (class of the new attempt, result of the failed one)
+    pending_classes: tuple[str, ...]  # best class of each deferral ("none" when no class is feasible)
+
+
+def wire(status: AITaskStatus | ExecutorClassStatus) -> dict[str, Any]:
+    return status.model_dump(by_alias=True, exclude_none=True, mode="json")
+
+
+def _r(value: float | None) -> float | None:
+    return None if value is None else round(value, 4)
+
+
+def option_alt(opt: Option) -> Alternative:
+    return Alternative(
+        class_name=opt.class_name,
+        feasible=opt.feasible,
+        reason=opt.reason,
+        estimated_seconds=_r(opt.runtime_seconds),
+        wait_seconds=_r(opt.wait_seconds),
+        estimated_cost=_r(opt.cost),
+        score=_r(opt.score),
+    )
+
+
+def make_plan(
+    opt: Option,
+    alts: Sequence[Option],
+    ec: ExecutorClass | None,
+    *,
+    accelerators: int,
+    cpu: float,
+    memory: float,
+    nodes: Sequence[str],
+    message: str,
+) -> Plan:
+    return Plan(
+        class_name=opt.class_name,
+        accelerators=accelerators if ec is not None and ec.spec.accelerator is not None else 0,
+        cpu=format_cpu(cpu),
+        memory=format_memory(memory),
+        node_selector=dict(ec.spec.node_selector) if ec is not None else {},
+        nodes=list(nodes),
+        estimated_seconds=round(opt.runtime_seconds or 0.0, 3),
+        estimated_cost=round(opt.cost or 0.0, 6),
+        score=round(opt.score or 0.0, 6),
+        estimate_source=opt.estimate_source,
+        alternatives=[option_alt(a) for a in alts],
+        message=message,
+    )
+
+
+def _preview(dfr: Deferral, demand: Demand, ecs: Mapping[str, ExecutorClass]) -> Plan | None:
+    if dfr.best is not None:
+        return make_plan(
+            dfr.best,
+            dfr.alternatives,
+            ecs.get(dfr.best.class_name),
+            accelerators=demand.accelerators,
+            cpu=demand.cpu,
+            memory=demand.memory,
+            nodes=(),
+            message=dfr.message,
+        )
+    if dfr.alternatives:
+        return Plan(class_name="", alternatives=[option_alt(a) for a in dfr.alternatives], message=dfr.message)
+    return None
+
+
+def _deferred(prev: SubtaskStatus, dfr: Deferral, demand: Demand, ecs: Mapping[str, ExecutorClass]) -> SubtaskStatus:
+    """A waiting sub-task's preview; kept as it is while its best class and reason stay the same.
+
+    W and the alternatives' figures move every cycle; rewriting them would make every waiting
+    task cost one status write per cycle. The preview is refreshed when the decision changes.
+    """
+    best = dfr.best.class_name if dfr.best is not None else ""
+    old = prev.plan
+    if old is not None and old.class_name == best and prev.message.split(":", 1)[0] == dfr.message.split(":", 1)[0]:
+        return prev
+    return prev.model_copy(update={"plan": _preview(dfr, demand, ecs), "message": dfr.message})
+
+
+def _with_usage(st: SubtaskStatus, telemetry: Telemetry, task: AITask) -> SubtaskStatus:
+    usage = telemetry.usage.get((task.metadata.namespace or "", task.metadata.name, st.name))
+    if usage is None or st.phase != SubtaskPhase.RUNNING:
+        return st
+    return st.model_copy(update={"metrics": SubtaskMetrics.model_validate(dict(usage))})
+
+
+def _task_metrics(subtasks: Sequence[SubtaskStatus]) -> TaskMetrics | None:
+    """Task-level GPU use: the sub-tasks' samples combined like pods into an attempt (core.usage)."""
+    combined = combine(
+        (m.gpu_util_avg, m.gpu_util_max, m.gpu_memory_used_max_bytes)
+        for m in (s.metrics for s in subtasks)
+        if m is not None
+    )
+    if combined is None:
+        return None
+    avg, peak, memory = combined
+    return TaskMetrics(
+        gpu_util_avg=None if avg is None else round(avg, 1), gpu_util_max=peak, gpu_memory_used_max_bytes=memory
+    )
+
+
+def _telemetry_condition(
+    conds: Sequence[Any], telemetry: Telemetry, now: datetime, gen: int | None, *, active: bool
+) -> list[Any]:
+    """MetricsUnavailable says, on tasks with running work, that GPU feedback is degraded; nothing waits on it."""
+    if telemetry.state == "unavailable" and active:
+        out, _ = cond.set_condition(
+            conds,
+            type_=ConditionType.METRICS_UNAVAILABLE,
+            status=True,
+            reason=Reason.PROMETHEUS_UNREACHABLE,
+            message=f"GPU utilisation is not being sampled: {telemetry.message}",
+            now=now,
+            generation=gen,
+        )
+        return out
+    if telemetry.state == "ok" and cond.get_condition(conds, ConditionType.METRICS_UNAVAILABLE) is not None:
+        out, _ = cond.set_condition(
+            conds,
+            type_=ConditionType.METRICS_UNAVAILABLE,
+            status=False,
+            reason=Reason.PROMETHEUS_OK,
+            message="Prometheus answers again",
+            now=now,
+            generation=gen,
+        )
+        return out
+    return list(conds)
+
+
+def _planned_condition(
+    conds: Sequence[Any],
+    deferrals: Sequence[Deferral],
+    ordered: Sequence[SubtaskStatus],
+    now: datetime,
+    gen: int | None,
+) -> list[Any]:
+    if deferrals:
+        worst = next((d for d in deferrals if d.reason == "NoFeasibleClass"), deferrals[0])
+        reason = Reason.NO_FEASIBLE_CLASS if worst.reason == "NoFeasibleClass" else Reason.WAITING_FOR_CAPACITY
+        out, _ = cond.set_condition(
+            conds,
+            type_=ConditionType.PLANNED,
+            status=False,
+            reason=reason,
+            message=f"{worst.key.subtask}: {worst.message}",
+            now=now,
+            generation=gen,
+        )
+        return out
+    active = [s for s in ordered if s.phase in (SubtaskPhase.QUEUED, SubtaskPhase.RUNNING, SubtaskPhase.BACKOFF)]
+    if all(s.plan is not None and s.plan.class_name for s in active) and any(s.plan for s in ordered):
+        out, _ = cond.set_condition(
+            conds,
+            type_=ConditionType.PLANNED,
+            status=True,
+            reason=Reason.ALL_PLANNED,
+            message="every ready sub-task has a placement",
+            now=now,
+            generation=gen,
+        )
+        return out
+    return list(conds)
+
+
+def decide_task(
+    task: AITask,
+    prog: TaskProgress,
+    admissions: Sequence[Admission],
+    deferrals: Sequence[Deferral],
+    ready: Mapping[SubtaskKey, Ready],
+    demands: Mapping[SubtaskKey, Demand],
+    ecs: Mapping[str, ExecutorClass],
+    telemetry: Telemetry,
+    now: datetime,
+) -> TaskDecision:
+    """The task's next status after this cycle's admissions and deferrals, and its new Jobs."""
+    status = prog.status
+    subs = {s.name: s for s in status.subtasks}
+    creates: list[dict[str, Any]] = []
+    events = list(prog.events)
+    retries: list[tuple[str, str]] = []
+    for adm in admissions:
+        sub = ready[adm.key].subtask
+        ec = ecs[adm.class_name]
+        manifest = build_job(task, sub, adm, ec.spec)
+        creates.append(manifest)
+        plan = make_plan(
+            adm.chosen,
+            adm.alternatives,
+            ec,
+            accelerators=adm.accelerators,
+            cpu=adm.cpu,
+            memory=adm.memory,
+            nodes=adm.nodes,
+            message=adm.message,
+        )
+        prev = subs[sub.name]
+        if prev.history:
+            retries.append((adm.class_name, prev.history[-1].result))
+        subs[sub.name] = progress.start_attempt(
+            prev, sub, adm.attempt, job=manifest["metadata"]["name"], plan=plan, message=adm.message, now=now
+        )
+        events.append(EventSpec("Normal", Reason.ATTEMPT_STARTED, f"{sub.name}: {adm.message}"))
+    pending: list[str] = []
+    for dfr in deferrals:
+        subs[dfr.key.subtask] = _deferred(subs[dfr.key.subtask], dfr, demands[dfr.key], ecs)
+        pending.append(dfr.best.class_name if dfr.best else "none")
+    ordered = [_with_usage(subs[s.name], telemetry, task) for s in task.spec.subtasks]
+    gen = task.metadata.generation
+    conds = list(status.conditions)
+    if status.phase not in (TaskPhase.SUCCEEDED, TaskPhase.FAILED):
+        conds = _planned_condition(conds, deferrals, ordered, now, gen)
+    phase, conds = progress.settle(status.phase, conds, ordered, now, gen)
+    running = any(s.phase == SubtaskPhase.RUNNING for s in ordered)
+    conds = _telemetry_condition(conds, telemetry, now, gen, active=running)
+    est = [s.plan.estimated_cost for s in ordered if s.plan]
+    new = status.model_copy(
+        update={
+            "subtasks": ordered,
+            "conditions": conds,
+            "phase": phase,
+            "estimated_cost": round(sum(est), 6) if est else status.estimated_cost,
+            "start_time": status.start_time or (now if running else None),
+            "metrics": _task_metrics(ordered) or status.metrics,
+        }
+    )
+    return TaskDecision(
+        status=new, creates=tuple(creates), events=tuple(events), retries=tuple(retries), pending_classes=tuple(pending)
+    )
