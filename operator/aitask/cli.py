@@ -44,18 +44,24 @@ def _cmd_run(args: argparse.Namespace) -> int:
     import kopf
 
     import aitask.handlers  # noqa: F401  (registers the handlers)
+    from aitask.handlers import startup
+    from aitask.handlers.peering import own_identity
     from aitask.settings import load_settings
 
     settings = load_settings()
     namespaces = args.namespace or settings.namespaces
     standalone = args.standalone or settings.standalone
+    identity = own_identity()
+    priority = 0 if standalone else peering_priority(settings.peering_priority)
+    startup.WATCH.update(namespaces=list(namespaces), standalone=bool(standalone), identity=identity, priority=priority)
     kopf.configure(verbose=args.verbose)
     kopf.run(
         clusterwide=not namespaces,
         namespaces=list(namespaces),
         standalone=standalone,
         peering_name=None if standalone else settings.peering_name,
-        priority=None if standalone else peering_priority(settings.peering_priority),
+        priority=None if standalone else priority,
+        identity=identity,  # type: ignore[arg-type]  # kopf's Identity is a NewType of str
         liveness_endpoint=args.liveness,
     )
     return 0

@@ -159,6 +159,24 @@ async def patch_task_status(namespace: str, name: str, status: Mapping[str, Any]
     return result
 
 
+async def remove_finalizer(namespace: str, name: str, finalizer: str, finalizers: list[str]) -> None:
+    """Remove one finalizer from an AITask (a JSON patch that tests it is still where we saw it)."""
+    index = finalizers.index(finalizer)
+    body = [
+        {"op": "test", "path": f"/metadata/finalizers/{index}", "value": finalizer},
+        {"op": "remove", "path": f"/metadata/finalizers/{index}"},
+    ]
+    try:
+        await _call(
+            "patch",
+            "aitasks",
+            lambda: _client("custom").patch_namespaced_custom_object(GROUP, VERSION, namespace, "aitasks", name, body),
+        )
+    except ApiException as err:
+        if err.status not in (404, 422):  # gone, or the list changed meanwhile: the next look decides again
+            raise
+
+
 async def patch_class_status(name: str, status: Mapping[str, Any]) -> None:
     """Merge-patch an ExecutorClass's status (capacity, allocation, learned runtimes)."""
     try:

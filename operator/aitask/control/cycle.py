@@ -80,6 +80,7 @@ class FinishedTask:
     name: str
     uid: str
     phase: str  # Succeeded | Failed | Invalid
+    finalizers: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

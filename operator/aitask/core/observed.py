@@ -91,6 +91,7 @@ class PodView:
     exit_code: int | None
     deleting: bool
     requests: Mapping[str, str]  # summed container requests, as quantities
+    managed: bool = False  # one of our child Jobs' pods (carries the aitask.dev/task label)
 
     @property
     def terminal(self) -> bool:
@@ -201,4 +202,5 @@ def pod_view(body: Mapping[str, Any]) -> PodView:
         exit_code=exit_code,
         deleting=bool(meta.get("deletionTimestamp")),
         requests=_sum_requests(spec),
+        managed=LABEL_TASK in labels,
     )

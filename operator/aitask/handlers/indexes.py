@@ -1,31 +1,34 @@
-"""Kopf indexes: the in-memory view of the cluster each scheduling cycle reads.
+"""What the operator keeps of each watched object: small views, never whole bodies.
 
-Indexes hold small plain values (views), not whole objects. An AITask in play is kept as
-the parts the cycle parses (metadata it reads, spec, status); a finished one, which has
-nothing left to do, only as a ``FinishedTask`` record, so the thousands of finished
-AITasks a cluster keeps cost a few hundred bytes each.
+An AITask in play is kept as the parts the cycle parses (the metadata it reads, spec,
+status); a finished one, which has nothing left to do, only as a ``FinishedTask`` record,
+so the thousands of finished AITasks a cluster keeps cost a few hundred bytes each. Jobs
+and pods become ``JobView``/``PodView`` (core.observed); nodes keep their labels, taints,
+allocatable and the type and status of their conditions (not the heartbeat times, which
+change every few seconds and mean nothing to the cycle).
 """
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping
 from typing import Any
 
-import kopf
-
-from aitask.api.v1alpha1 import GROUP, VERSION
 from aitask.control.cycle import FinishedTask, is_finished
-from aitask.core.observed import LABEL_TASK, JobView, PodView, job_view, pod_view
+
+_META = (
+    "name",
+    "namespace",
+    "uid",
+    "generation",
+    "resourceVersion",
+    "creationTimestamp",
+    "deletionTimestamp",
+    "finalizers",
+)
 
 
-def _plain(body: kopf.Body) -> dict[str, Any]:
-    return copy.deepcopy(dict(body))
-
-
-_META = ("name", "namespace", "uid", "generation", "resourceVersion", "creationTimestamp", "deletionTimestamp")
-
-
-def aitask_entry(body: kopf.Body | dict[str, Any]) -> FinishedTask | dict[str, Any]:
+def aitask_entry(body: Mapping[str, Any]) -> FinishedTask | dict[str, Any]:
     """What the cycle needs of one AITask."""
     meta = body.get("metadata") or {}
     if is_finished(body) and not meta.get("deletionTimestamp"):
@@ -35,6 +38,7 @@ def aitask_entry(body: kopf.Body | dict[str, Any]) -> FinishedTask | dict[str, A
             name=meta.get("name", ""),
             uid=meta.get("uid", ""),
             phase=status["phase"],
+            finalizers=tuple(meta.get("finalizers") or ()),
         )
     return {
         "apiVersion": body.get("apiVersion"),
@@ -45,42 +49,24 @@ def aitask_entry(body: kopf.Body | dict[str, Any]) -> FinishedTask | dict[str, A
     }
 
 
-@kopf.index(GROUP, VERSION, "aitasks")
-def aitask_index(body: kopf.Body, **_: Any) -> dict[str, Any]:
-    return {"all": aitask_entry(body)}
-
-
-@kopf.index(GROUP, VERSION, "executorclasses")
-def executorclass_index(body: kopf.Body, **_: Any) -> dict[str, Any]:
-    return {"all": _plain(body)}
-
-
-@kopf.index("batch", "v1", "jobs", labels={LABEL_TASK: kopf.PRESENT})
-def job_index(body: kopf.Body, **_: Any) -> dict[str, JobView] | None:
-    view = job_view(body)
-    return {"all": view} if view is not None else None
-
-
-@kopf.index("", "v1", "pods")
-def pod_index(body: kopf.Body, **_: Any) -> dict[str, PodView]:
-    return {"all": pod_view(body)}
-
-
-@kopf.index("", "v1", "nodes")
-def node_index(body: kopf.Body, **_: Any) -> dict[str, Any]:
+def node_entry(body: Mapping[str, Any]) -> dict[str, Any]:
+    meta = body.get("metadata") or {}
+    spec = body.get("spec") or {}
+    status = body.get("status") or {}
     return {
-        "all": {
-            "metadata": {
-                "name": body.metadata.name,
-                "labels": dict(body.metadata.labels),
-            },
-            "spec": {
-                "taints": copy.deepcopy(body.spec.get("taints") or []),
-                "unschedulable": bool(body.spec.get("unschedulable")),
-            },
-            "status": {
-                "allocatable": dict(body.status.get("allocatable") or {}),
-                "conditions": copy.deepcopy(body.status.get("conditions") or []),
-            },
-        }
+        "metadata": {"name": meta.get("name", ""), "labels": dict(meta.get("labels") or {})},
+        "spec": {"taints": copy.deepcopy(spec.get("taints") or []), "unschedulable": bool(spec.get("unschedulable"))},
+        "status": {
+            "allocatable": dict(status.get("allocatable") or {}),
+            "conditions": [{"type": c.get("type"), "status": c.get("status")} for c in status.get("conditions") or []],
+        },
+    }
+
+
+def class_entry(body: Mapping[str, Any]) -> dict[str, Any]:
+    meta = body.get("metadata") or {}
+    return {
+        "metadata": {k: copy.deepcopy(meta[k]) for k in ("name", "uid", "generation") if meta.get(k) is not None},
+        "spec": copy.deepcopy(dict(body.get("spec") or {})),
+        "status": copy.deepcopy(dict(body.get("status") or {})),
     }

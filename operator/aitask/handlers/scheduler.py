@@ -1,11 +1,17 @@
 """The scheduling loop's driver: indexes -> control.cycle (pure) -> API writes.
 
-Triggers. A watch event on an AITask, one of our Jobs or pods, or an ExecutorClass asks for a
+Reads. Informers (adapters.watch) list and watch AITasks, ExecutorClasses, our Jobs, pods and
+nodes, and keep small views of them (handlers.indexes). Kopf runs the peering, start-up and
+one daemon per ExecutorClass; it no longer handles each object, so start-up does not grow
+with the square of the objects and finished AITasks cost nothing.
+
+Triggers. A change of an AITask, an ExecutorClass, one of our Jobs or their pods asks for a
 cycle (``poke``); pokes within the debounce window make one cycle, and a poke during a cycle
 makes exactly one more. Time-based changes (backoff expiry, deadlines, ageing, capacity of
-other workloads) are served by one periodic cycle, driven by a Kopf timer on the
-ExecutorClasses: there is no per-AITask timer, so finished AITasks cost nothing. Every
-trigger is a Kopf handler, so cycles pause with Kopf when another peer is active.
+other workloads) are served by one periodic cycle from the ExecutorClass daemons. Cycles run
+only while the gate is open: in standalone mode always, with peering while Kopf lets this
+replica run its daemons (they stop when another peer is active), and never before every
+informer has listed once (a partial view would mistake unseen Jobs for lost ones).
 
 Writes. A cycle only computes (under the lock); its writes go out afterwards, up to
 ``api_concurrency`` tasks at a time, each task's in order: Jobs created or deleted, then its
@@ -32,6 +38,7 @@ from kubernetes.client.exceptions import ApiException
 from aitask import metrics
 from aitask.adapters import kube
 from aitask.adapters.prom import PrometheusClient, PrometheusUnavailable, pod_regex_for_pods
+from aitask.adapters.watch import Informers
 from aitask.api.v1alpha1 import GROUP, VERSION
 from aitask.control.cycle import (
     ClusterView,
@@ -43,7 +50,8 @@ from aitask.control.cycle import (
     run_cycle,
     task_key,
 )
-from aitask.core.observed import LABEL_TASK, JobView, PodView
+from aitask.core.observed import JobView, PodView
+from aitask.handlers import peering
 from aitask.settings import OperatorSettings, load_settings
 
 log = logging.getLogger("aitask.scheduler")
@@ -61,6 +69,7 @@ _RESULT_LABEL = {
 }
 # A Job the API server refuses with these codes will be refused again: the task becomes Invalid.
 _REJECTED = (400, 422)
+LEGACY_FINALIZER = "aitask.dev/finalizer"
 
 
 def _values(index: kopf.Index[str, Any] | Mapping[str, Any]) -> list[Any]:
@@ -102,14 +111,73 @@ class Engine:
     sampler: asyncio.Task[None] | None = None
     prom: PrometheusClient | None = None
     failures: int = 0  # consecutive failed cycles; /healthz fails past MAX_FAILED_CYCLES
+    standalone: bool = True  # no peering: the gate is always open
+    peering: tuple[str, tuple[str, ...], str, int] = ("", (), "", 0)  # (name, scopes, identity, priority)
+    periodic_task: asyncio.Task[None] | None = None
+    informers: Informers | None = None
+    finalizers_removed: set[str] = field(default_factory=set)
 
     def healthy(self) -> bool:
         """Liveness: a few failed cycles in a row (an API outage, a bug) make a restart worthwhile."""
         return self.failures < MAX_FAILED_CYCLES
 
+    def may_act(self) -> bool:
+        """Peering: no other live replica has a priority as high as ours (Kopf's rule, on Kopf's objects)."""
+        if self.standalone:
+            return True
+        if self.informers is None:
+            return False
+        name, scopes, identity, priority = self.peering
+        return peering.may_act(
+            self.informers.values("peerings"),
+            name=name,
+            scopes=scopes,
+            identity=identity,
+            priority=priority,
+            now=datetime.now(UTC),
+        )
+
+    def active(self) -> bool:
+        """Whether this replica may act now and has the whole cluster listed."""
+        synced = self.informers is None or self.informers.synced
+        return synced and self.may_act()
+
     def ready(self) -> bool:
-        """Readiness: the first cycle has run (the indexes were listed and acted on) and the loop is healthy."""
-        return self.cycles > 0 and self.healthy()
+        """Readiness: everything listed, and the first cycle has run (or this replica is a standby)."""
+        synced = self.informers is None or self.informers.synced
+        return synced and self.healthy() and (self.cycles > 0 or not self.may_act())
+
+    async def periodic(self) -> None:
+        """The periodic cycle: ageing, backoff expiry, deadlines and other workloads' pods move with time."""
+        period = self.settings.scheduling_period_seconds
+        while True:
+            await asyncio.sleep(period / 2)
+            if time.monotonic() - self.last_run >= period * 0.9:
+                self.poke("period")
+
+    def sources(self) -> dict[str, Mapping[str, Any]]:
+        """The informers' stores in the shape ``run`` reads."""
+        inf = self.informers
+        if inf is None:
+            raise RuntimeError("the informers were not started")
+        return {
+            "aitask_index": {"all": inf.values("aitasks")},
+            "executorclass_index": {"all": inf.values("executorclasses")},
+            "job_index": {"all": inf.values("jobs")},
+            "pod_index": {"all": inf.values("pods")},
+            "node_index": {"all": inf.values("nodes")},
+        }
+
+    def changed(self, kind: str, old: Any, new: Any) -> None:
+        """An informer saw a change: the ones that can change a decision ask for a cycle."""
+        if kind == "peerings":
+            self.poke("peering")  # may let this replica act (a peer left); the runner checks the gate
+            return
+        if kind == "nodes":
+            return  # capacity is refreshed by the periodic cycle; a node's heartbeat is not news
+        if kind == "pods" and not (getattr(old, "managed", False) or getattr(new, "managed", False)):
+            return  # other workloads' pods: the periodic cycle counts them
+        self.poke(f"{kind} changed")
 
     def __post_init__(self) -> None:
         if self.settings.prometheus_url:
@@ -423,6 +491,31 @@ class Engine:
                 metrics.record_reconcile_error("ExecutorClass", f"api_{err.status}")
                 log.warning("status of ExecutorClass %s not written: %s", name, err.reason)
 
+    async def _finalizers(self) -> None:
+        """AITasks from operator versions that kept a Kopf finalizer on them: remove it, once each.
+
+        Without it nothing here blocks their deletion; left in place, deleting one would hang
+        now that Kopf no longer handles AITasks.
+        """
+        if self.informers is None:
+            return
+        for entry in self.informers.values("aitasks"):
+            if isinstance(entry, FinishedTask):
+                ns, name, uid, finalizers = entry.namespace, entry.name, entry.uid, entry.finalizers
+            else:
+                meta = entry.get("metadata") or {}
+                ns, name, uid = meta.get("namespace", ""), meta.get("name", ""), meta.get("uid", "")
+                finalizers = tuple(meta.get("finalizers") or ())
+            if LEGACY_FINALIZER not in finalizers:
+                continue
+            if uid in self.finalizers_removed:
+                continue
+            try:
+                await kube.remove_finalizer(ns, name, LEGACY_FINALIZER, list(finalizers))
+                self.finalizers_removed.add(uid)
+            except ApiException as err:
+                log.warning("could not remove %s from %s/%s: %s", LEGACY_FINALIZER, ns, name, err.reason)
+
     async def drain(self) -> None:
         """Wait for every write in flight (tests, shutdown)."""
         while self.inflight:
@@ -430,19 +523,25 @@ class Engine:
 
     # ------------------------------------------------------------------ triggers
 
-    def poke(self, indexes: Mapping[str, Any], reason: str) -> None:
+    def poke(self, reason: str) -> None:
         """Ask for a cycle soon: pokes within the debounce window, or during a cycle, make one more cycle."""
         self.dirty = True
         self.dirty_reason = reason
         if self.runner is None or self.runner.done():
-            self.runner = asyncio.create_task(self._runner(indexes))
+            self.runner = asyncio.create_task(self._runner())
 
-    async def _runner(self, indexes: Mapping[str, Any]) -> None:
+    async def _runner(self) -> None:
         while self.dirty:
             await asyncio.sleep(DEBOUNCE_SECONDS)  # coalesce a burst of watch events into one cycle
+            if not self.active():
+                if self.informers is not None and not self.informers.synced:
+                    continue  # still listing: keep the request, look again after the debounce
+                self.dirty = False  # a standby: the active peer acts; the periodic loop looks again
+                return
             self.dirty = False
+            await self._finalizers()
             try:
-                await self.cycle(indexes, self.dirty_reason)
+                await self.cycle(self.sources(), self.dirty_reason)
             except Exception:  # noqa: BLE001 - a detached task: nobody else would see it; the timer retries
                 metrics.record_reconcile_error("Cycle", "unexpected")
                 log.exception("scheduling cycle (%s) failed; the periodic cycle will try again", self.dirty_reason)
@@ -457,41 +556,7 @@ def engine(memo: kopf.Memo) -> Engine:
     return eng
 
 
-def poke(memo: kopf.Memo, indexes: Mapping[str, Any], reason: str) -> None:
-    engine(memo).poke(indexes, reason)
-
-
-def _indexes(kwargs: dict[str, Any]) -> dict[str, kopf.Index[str, Any]]:
-    names = ("aitask_index", "executorclass_index", "job_index", "pod_index", "node_index")
-    return {n: kwargs[n] for n in names}
-
-
-@kopf.timer(GROUP, VERSION, "executorclasses", interval=SETTINGS.scheduling_period_seconds)
-async def periodic(memo: kopf.Memo, **kwargs: Any) -> None:
-    """The periodic cycle: ageing, backoff expiry, deadlines and other workloads' pods move with time.
-
-    A timer per ExecutorClass (a handful), not per AITask; the engine runs one cycle per period.
-    """
-    eng = engine(memo)
-    if time.monotonic() - eng.last_run >= SETTINGS.scheduling_period_seconds * 0.9:
-        eng.poke(_indexes(kwargs), "period")
-
-
-@kopf.on.event(GROUP, VERSION, "aitasks")
-async def aitask_event(memo: kopf.Memo, type: str | None, **kwargs: Any) -> None:  # noqa: A002
-    poke(memo, _indexes(kwargs), f"aitask {type or 'listed'}")
-
-
-@kopf.on.event("batch", "v1", "jobs", labels={LABEL_TASK: kopf.PRESENT})
-async def job_event(memo: kopf.Memo, type: str | None, **kwargs: Any) -> None:  # noqa: A002
-    poke(memo, _indexes(kwargs), f"job {type or 'listed'}")
-
-
-@kopf.on.event("", "v1", "pods", labels={LABEL_TASK: kopf.PRESENT})
-async def pod_event(memo: kopf.Memo, type: str | None, **kwargs: Any) -> None:  # noqa: A002
-    poke(memo, _indexes(kwargs), f"pod {type or 'listed'}")
-
-
 @kopf.on.event(GROUP, VERSION, "executorclasses")
-async def executorclass_event(memo: kopf.Memo, type: str | None, **kwargs: Any) -> None:  # noqa: A002
-    poke(memo, _indexes(kwargs), f"executorclass {type or 'listed'}")
+async def executorclass_event(memo: kopf.Memo, type: str | None, **_: Any) -> None:  # noqa: A002
+    """Kopf's one resource handler: it keeps Kopf (and its peering) running; the informers do the reading."""
+    engine(memo).poke(f"executorclass {type or 'listed'}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -9,7 +10,20 @@ import kopf
 
 from aitask import metrics
 from aitask.adapters import kube
+from aitask.adapters.watch import Informers, Kind
+from aitask.api.v1alpha1 import GROUP, VERSION
+from aitask.core.observed import LABEL_TASK, job_view, pod_view
+from aitask.handlers.indexes import aitask_entry, class_entry, node_entry
+from aitask.handlers.peering import peering_entry
 from aitask.handlers.scheduler import SETTINGS, Engine
+
+#: Set by `aitask run` from its options before Kopf starts (empty: every namespace).
+WATCH: dict[str, Any] = {
+    "namespaces": list(SETTINGS.namespaces),
+    "standalone": SETTINGS.standalone,
+    "identity": "",
+    "priority": 0,
+}
 
 log = logging.getLogger("aitask.startup")
 
@@ -31,9 +45,13 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     # objects that is most of the log and a real share of the CPU. Problems still show.
     logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     kube.configure(concurrency=SETTINGS.api_concurrency, qps=SETTINGS.api_qps, burst=SETTINGS.api_burst)
-    memo.engine = Engine(settings=SETTINGS)  # shared by every object's memo copy
+    namespaces = list(WATCH["namespaces"])
+    engine = Engine(settings=SETTINGS, standalone=bool(WATCH["standalone"]))
+    engine.peering = (SETTINGS.peering_name, tuple(namespaces) or ("",), str(WATCH["identity"]), int(WATCH["priority"]))
+    memo.engine = engine  # shared by every object's memo copy
+    engine.informers = start_informers(engine, namespaces)
+    engine.periodic_task = asyncio.create_task(engine.periodic())
     if SETTINGS.metrics_port:
-        engine: Engine = memo.engine
         memo.metrics_server = metrics.serve_metrics(
             SETTINGS.metrics_host, SETTINGS.metrics_port, engine.healthy, ready=engine.ready
         )
@@ -44,7 +62,30 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
 async def shutdown(memo: kopf.Memo, **_: Any) -> None:
     engine: Engine | None = getattr(memo, "engine", None)
     if engine is not None:
+        if engine.periodic_task is not None:
+            engine.periodic_task.cancel()
+        if engine.informers is not None:
+            engine.informers.stop()
         await engine.drain()
     server = getattr(memo, "metrics_server", None)
     if server is not None:
         server.stop()
+
+
+def start_informers(engine: Engine, namespaces: list[str]) -> Informers:
+    """Informers for every kind the cycle reads, per watched namespace or cluster-wide."""
+    informers = Informers(loop=asyncio.get_running_loop(), on_change=engine.changed)
+    scopes = [f"/namespaces/{ns}" for ns in namespaces] or [""]
+    for scope in scopes:
+        informers.add(Kind("aitasks", f"/apis/{GROUP}/{VERSION}{scope}/aitasks", aitask_entry))
+        informers.add(Kind("jobs", f"/apis/batch/v1{scope}/jobs", job_view, label_selector=LABEL_TASK))
+        informers.add(Kind("pods", f"/api/v1{scope}/pods", pod_view))
+    informers.add(Kind("executorclasses", f"/apis/{GROUP}/{VERSION}/executorclasses", class_entry))
+    if not engine.standalone:
+        if namespaces:
+            for ns in namespaces:
+                informers.add(Kind("peerings", f"/apis/kopf.dev/v1/namespaces/{ns}/kopfpeerings", peering_entry))
+        else:
+            informers.add(Kind("peerings", "/apis/kopf.dev/v1/clusterkopfpeerings", peering_entry))
+    informers.add(Kind("nodes", "/api/v1/nodes", node_entry))
+    return informers
