@@ -104,7 +104,7 @@ class OperatorMetrics:
         )
         self.cycle_seconds = Histogram(
             "aitask_scheduling_cycle_seconds",
-            "Duration of one scheduling cycle's decision (parse, derive, schedule, statuses); its writes go out after it.",
+            "Duration of one scheduling cycle's decision (parse, derive, schedule, statuses); its writes follow it.",
             buckets=_SHORT_SECONDS,
             registry=registry,
         )

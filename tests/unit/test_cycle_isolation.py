@@ -91,7 +91,7 @@ def test_a_task_whose_progress_raises_gets_internal_error_and_the_others_go_on(
     (condition,) = [c for c in status["conditions"] if c["type"] == "InternalError"]
     assert condition["status"] == "True" and "OverflowError: date value out of range" in condition["message"]
     assert [e.reason for e in by_name["boom"].events] == ["ProcessingFailed"]
-    assert out.stats.errors == (("ns/boom", "OverflowError"),)
+    assert [(e.task, e.error) for e in out.stats.errors] == [("ns/boom", "OverflowError")]
     # The condition is written once: the same failure on the written status changes nothing.
     again = run_cycle(view([body("boom", [CPU_STEP], status=status)]), CycleParams(), NOW + timedelta(seconds=5))
     assert [t.status for t in again.tasks] == [None]
@@ -110,7 +110,7 @@ def test_a_task_that_makes_the_scheduler_raise_is_found_and_dropped(monkeypatch:
     names = ["a", "b", "poison", "c", "d"]
     out = run_cycle(view([body(n, [CPU_STEP]) for n in names]), CycleParams(), NOW)
     assert admitted(out) == {"a", "b", "c", "d"}
-    assert out.stats.errors == (("ns/poison", "KeyError"),)
+    assert [(e.task, e.error) for e in out.stats.errors] == [("ns/poison", "KeyError")]
     poison = next(t for t in out.tasks if t.name == "poison")
     assert poison.status is not None and not poison.create_jobs
 

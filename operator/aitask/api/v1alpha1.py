@@ -8,6 +8,7 @@ Field names follow Kubernetes conventions (camelCase on the wire, snake_case her
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, Final, Literal
@@ -463,12 +464,32 @@ class Plan(StatusModel):
     message: str = Field("", description="Human summary of the decision.")
 
 
+class AttemptResult(StrEnum):
+    """How an attempt ended (or that it has not): the one vocabulary of history, Events and metrics."""
+
+    RUNNING = "Running"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+    OOM_KILLED = "OOMKilled"
+    DEADLINE_EXCEEDED = "DeadlineExceeded"
+    CANCELLED = "Cancelled"
+
+    @property
+    def label(self) -> str:
+        """The bounded label value of the attempt metrics: succeeded, oom_killed, ..."""
+        return re.sub(r"(?<!^)(?=[A-Z][a-z])", "_", self.value).lower()
+
+    @property
+    def is_failure(self) -> bool:
+        return self not in (AttemptResult.RUNNING, AttemptResult.SUCCEEDED)
+
+
 class Attempt(StatusModel):
     number: int = Field(description="Attempt number, from 1.")
     job: str = Field(description="Name of the attempt's Job.")
     class_name: str = Field(alias="class", description="ExecutorClass of the attempt.")
-    result: Literal["Running", "Succeeded", "Failed", "OOMKilled", "DeadlineExceeded", "Cancelled"] = Field(
-        "Running",
+    result: AttemptResult = Field(
+        AttemptResult.RUNNING,
         description="Running, Succeeded, Failed, OOMKilled, DeadlineExceeded or Cancelled (stopped because the task "
         "failed); a pod lost with its node is replaced by the Job, not an attempt result.",
     )

@@ -28,13 +28,14 @@ from pydantic import ValidationError
 from aitask.api.v1alpha1 import (
     AITask,
     AITaskStatus,
+    AttemptResult,
     ExecutorClass,
     Learned,
     ResourceTotals,
     SubtaskPhase,
     TaskPhase,
 )
-from aitask.control.decisions import Telemetry, decide_task, wire
+from aitask.control.decisions import Retry, Telemetry, decide_task, wire
 from aitask.core import conditions as cond
 from aitask.core import estimator, progress, scheduler, snapshot
 from aitask.core.dag import find_cycle
@@ -102,6 +103,39 @@ class ClusterView:
 
 
 @dataclass(frozen=True)
+class EndedAttempt:
+    """An attempt that ended in this cycle's status (each appears once): what the metrics count."""
+
+    class_name: str
+    result: AttemptResult
+    estimated_cost: float | None
+    actual_cost: float | None
+
+
+@dataclass(frozen=True)
+class ObservedRun:
+    """A finished attempt the estimator learned from, for the runtime and utilisation metrics."""
+
+    namespace: str
+    class_name: str
+    actual_seconds: float
+    estimated_seconds: float | None
+    gpu_util: float | None  # average GPU utilisation, percent
+
+
+@dataclass(frozen=True)
+class Admitted:
+    class_name: str
+    waited_seconds: float  # from ready to admission
+
+
+@dataclass(frozen=True)
+class Isolated:
+    task: str  # namespace/name
+    error: str  # the exception's class
+
+
+@dataclass(frozen=True)
 class TaskOutcome:
     namespace: str
     name: str
@@ -111,8 +145,8 @@ class TaskOutcome:
     delete_jobs: tuple[str, ...] = ()
     events: tuple[EventSpec, ...] = ()
     # For the metrics, recorded once the status write that carries them succeeded:
-    finished: tuple[tuple[str, str, float | None, float | None], ...] = ()  # (class, result, est. cost, cost)
-    retries: tuple[tuple[str, str], ...] = ()  # (class of the new attempt, result of the failed one)
+    finished: tuple[EndedAttempt, ...] = ()
+    retries: tuple[Retry, ...] = ()
     expire_jobs: tuple[str, ...] = ()  # finished Jobs whose result the status records: give them their TTL
     base_version: str = ""  # resourceVersion of the AITask this outcome was decided from
     generation: int | None = None  # metadata.generation of that AITask
@@ -131,10 +165,9 @@ class CycleStats:
     tasks_by_phase: Mapping[tuple[str, str], int]  # (namespace, phase) -> count
     admitted: int
     pending_by_class: Mapping[str, int]
-    waits: tuple[tuple[str, float], ...]  # (class, seconds from ready to admission) for this cycle's admissions
-    observations: tuple[tuple[str, str, float, float | None, float | None], ...]
-    # (namespace, class, actual s, estimated s, average GPU utilisation %) per finished attempt
-    errors: tuple[tuple[str, str], ...] = ()  # (task key, exception class) of tasks isolated this cycle
+    waits: tuple[Admitted, ...]  # this cycle's admissions
+    observations: tuple[ObservedRun, ...]
+    errors: tuple[Isolated, ...] = ()  # tasks isolated this cycle
     parsed: int = 0  # tasks parsed this cycle (the rest came from the cache)
     derived: int = 0  # tasks whose progress was derived this cycle
     next_wakeup: datetime | None = None  # earliest time a waiting task needs a cycle without any event
@@ -284,7 +317,7 @@ class _Work:
     progresses: dict[str, TaskProgress] = field(default_factory=dict)
     outcomes: list[TaskOutcome] = field(default_factory=list)
     phases: dict[tuple[str, str], int] = field(default_factory=dict)
-    errors: list[tuple[str, str]] = field(default_factory=list)
+    errors: list[Isolated] = field(default_factory=list)
     wakeups: list[datetime] = field(default_factory=list)
     parsed: int = 0
     derived: int = 0
@@ -297,7 +330,7 @@ class _Work:
         body = self.bodies.pop(key, None)
         self.tasks.pop(key, None)
         self.progresses.pop(key, None)
-        self.errors.append((key, type(err).__name__))
+        self.errors.append(Isolated(task=key, error=type(err).__name__))
         if body is not None:
             self.outcomes.append(internal_error(body, err, self.now))
 
@@ -438,14 +471,14 @@ def progress_phase(
 class _Learning:
     learned: dict[tuple[str, str], Any]
     changed: frozenset[str]
-    observed: tuple[tuple[str, str, float, float | None, float | None], ...]
+    observed: tuple[ObservedRun, ...]
 
 
 def learning_phase(work: _Work, ecs: Mapping[str, ExecutorClass], params: CycleParams) -> _Learning:
     """Fold this cycle's finished attempts into the learned runtimes per (profile, class)."""
     learned = snapshot.learned_map(list(ecs.values()))
     changed: set[str] = set()
-    observed: list[tuple[str, str, float, float | None, float | None]] = []
+    observed: list[ObservedRun] = []
     for key, prog in work.progresses.items():
         for obs in prog.observations:
             if obs.class_name not in ecs:
@@ -463,7 +496,7 @@ def learning_phase(work: _Work, ecs: Mapping[str, ExecutorClass], params: CycleP
                     gpu_util=obs.gpu_util,
                 )
                 ns = work.tasks[key].metadata.namespace or ""
-                observed.append((ns, obs.class_name, obs.seconds, obs.estimated_seconds, obs.gpu_util))
+                observed.append(ObservedRun(ns, obs.class_name, obs.seconds, obs.estimated_seconds, obs.gpu_util))
             changed.add(obs.class_name)
     return _Learning(learned=learned, changed=frozenset(changed), observed=tuple(observed))
 
@@ -705,16 +738,17 @@ def decisions_phase(
     result: CycleResult,
     queue: _Queue,
     ecs: Mapping[str, ExecutorClass],
-) -> tuple[dict[str, int], list[tuple[str, float]]]:
+) -> tuple[dict[str, int], list[Admitted]]:
     """Each task's next status and Jobs; returns pending demands per class and this cycle's waits."""
     admitted: dict[str, list[Admission]] = {}
     deferred: dict[str, list[Deferral]] = {}
-    waits: list[tuple[str, float]] = []
+    waits: list[Admitted] = []
     epoch = work.now.timestamp()
     for adm in result.admitted:
         if queue.owner[adm.key] in work.tasks:
             admitted.setdefault(queue.owner[adm.key], []).append(adm)
-            waits.append((adm.class_name, max(0.0, epoch - queue.ready[adm.key].ready_since.timestamp())))
+            waited = max(0.0, epoch - queue.ready[adm.key].ready_since.timestamp())
+            waits.append(Admitted(class_name=adm.class_name, waited_seconds=waited))
     for dfr in result.deferred:
         deferred.setdefault(queue.owner[dfr.key], []).append(dfr)
     telemetry = Telemetry(usage=view.gpu_usage, state=view.telemetry, message=view.telemetry_message)
@@ -750,7 +784,7 @@ def decisions_phase(
                     create_jobs=decision.creates,
                     delete_jobs=prog.delete_jobs,
                     events=decision.events if changed or decision.creates else (),
-                    finished=tuple((a.class_name, a.result, est, a.actual_cost) for a, est in prog.finished)
+                    finished=tuple(EndedAttempt(a.class_name, a.result, est, a.actual_cost) for a, est in prog.finished)
                     if changed
                     else (),
                     retries=decision.retries,
@@ -766,7 +800,7 @@ def decisions_phase(
 
 def _recorded_finished_jobs(jobs: Sequence[JobView], subtasks: Sequence[Any]) -> tuple[str, ...]:
     """Finished Jobs without a TTL whose attempt the status records as ended."""
-    ended = {(s.name, a.number) for s in subtasks for a in s.history if a.result != "Running"}
+    ended = {(s.name, a.number) for s in subtasks for a in s.history if a.result != AttemptResult.RUNNING}
     return tuple(
         sorted(j.name for j in jobs if j.finished and j.ttl_seconds is None and (j.subtask, j.attempt) in ended)
     )

@@ -17,6 +17,7 @@ from aitask.api.v1alpha1 import (
     AITask,
     AITaskStatus,
     Alternative,
+    AttemptResult,
     ExecutorClass,
     ExecutorClassStatus,
     Plan,
@@ -46,11 +47,19 @@ class Telemetry:
 
 
 @dataclass(frozen=True)
+class Retry:
+    """A new attempt started after a failed one: counted in aitask_subtask_retries_total."""
+
+    class_name: str  # of the new attempt
+    after: AttemptResult  # how the failed one ended
+
+
+@dataclass(frozen=True)
 class TaskDecision:
     status: AITaskStatus
     creates: tuple[dict[str, Any], ...]
     events: tuple[EventSpec, ...]
-    retries: tuple[tuple[str, str], ...]  # (class of the new attempt, result of the failed one)
+    retries: tuple[Retry, ...]
     pending_classes: tuple[str, ...]  # best class of each deferral ("none" when no class is feasible)
 
 
@@ -233,7 +242,7 @@ def decide_task(
     subs = {s.name: s for s in status.subtasks}
     creates: list[dict[str, Any]] = []
     events = list(prog.events)
-    retries: list[tuple[str, str]] = []
+    retries: list[Retry] = []
     for adm in admissions:
         sub = ready[adm.key].subtask
         ec = ecs[adm.class_name]
@@ -251,7 +260,7 @@ def decide_task(
         )
         prev = subs[sub.name]
         if prev.history:
-            retries.append((adm.class_name, prev.history[-1].result))
+            retries.append(Retry(class_name=adm.class_name, after=prev.history[-1].result))
         subs[sub.name] = progress.start_attempt(
             prev, sub, adm.attempt, job=manifest["metadata"]["name"], plan=plan, message=adm.message, now=now
         )

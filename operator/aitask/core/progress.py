@@ -21,6 +21,7 @@ from aitask.api.v1alpha1 import (
     AITask,
     AITaskStatus,
     Attempt,
+    AttemptResult,
     Plan,
     Subtask,
     SubtaskPhase,
@@ -113,19 +114,19 @@ def _retry_delay(sub: Subtask, failures: int, cap: float, default_base: float) -
     return float(min(cap, base * (2 ** max(0, failures - 1))))
 
 
-def _attempt_result(job: JobView, pods: Sequence[PodView]) -> tuple[str, int | None, str]:
+def _attempt_result(job: JobView, pods: Sequence[PodView]) -> tuple[AttemptResult, int | None, str]:
     """Classify a failed Job: OOMKilled beats DeadlineExceeded beats a plain failure."""
     exit_code: int | None = None
     detail = job.failure_message or job.failure_reason
     for pod in pods:
         if pod.terminated_reason == "OOMKilled":
-            return "OOMKilled", pod.exit_code, f"pod {pod.name} was OOM-killed (exit code {pod.exit_code})"
+            return AttemptResult.OOM_KILLED, pod.exit_code, f"pod {pod.name} was OOM-killed (exit code {pod.exit_code})"
         if pod.phase == "Failed" and pod.exit_code not in (None, 0) and exit_code is None:
             exit_code = pod.exit_code
             detail = f"pod {pod.name} failed with exit code {pod.exit_code} ({pod.terminated_reason or 'Error'})"
     if job.failure_reason == "DeadlineExceeded":
-        return "DeadlineExceeded", exit_code, "the attempt ran past timeoutSeconds"
-    return "Failed", exit_code, detail or "the Job failed"
+        return AttemptResult.DEADLINE_EXCEEDED, exit_code, "the attempt ran past timeoutSeconds"
+    return AttemptResult.FAILED, exit_code, detail or "the Job failed"
 
 
 def _seconds(start: datetime | None, end: datetime | None) -> float | None:
@@ -223,7 +224,7 @@ def derive(
                 if now - admitted > JOB_VISIBILITY_GRACE:
                     attempt = _upd(
                         attempt,
-                        result="Failed",
+                        result=AttemptResult.FAILED,
                         reason="the Job disappeared (deleted outside the operator)",
                         finish_time=now,
                     )
@@ -240,7 +241,7 @@ def derive(
                     cost = _cost_of(secs, plan.estimated_cost, plan.estimated_seconds) if plan else None
                     attempt = _upd(
                         attempt,
-                        result="Succeeded",
+                        result=AttemptResult.SUCCEEDED,
                         start_time=start,
                         finish_time=current.completion_time,
                         actual_seconds=secs,
@@ -283,7 +284,7 @@ def derive(
                         actual_seconds=secs,
                         actual_cost=cost,
                     )
-                    if result == "OOMKilled" and not attempt.learned and current.class_name:
+                    if result == AttemptResult.OOM_KILLED and not attempt.learned and current.class_name:
                         observations.append(
                             Observation(
                                 profile=sub.effective_profile,
@@ -305,7 +306,10 @@ def derive(
                         message=f"attempt {number} running on {current.class_name}"
                         + (f" ({', '.join(nodes)})" if nodes else ""),
                     )
-            if attempt.result != "Running" and (history.get(number) is None or history[number].result == "Running"):
+            recorded = history.get(number)
+            if attempt.result != AttemptResult.RUNNING and (
+                recorded is None or recorded.result == AttemptResult.RUNNING
+            ):
                 finished.append((attempt, plan.estimated_cost if plan else None))
             history[number] = attempt
         out[sub.name] = _upd(st, history=sorted(history.values(), key=lambda a: a.number))
@@ -417,7 +421,7 @@ def next_change(task: AITask, status: AITaskStatus, jobs: Sequence[JobView]) -> 
 
 def _escalation(st: SubtaskStatus, classes: Mapping[str, ClassInfo]) -> tuple[float, frozenset[str]]:
     """After OOM kills, ask for strictly more accelerator memory and avoid the classes that failed."""
-    excluded = frozenset(a.class_name for a in st.history if a.result == "OOMKilled" and a.class_name)
+    excluded = frozenset(a.class_name for a in st.history if a.result == AttemptResult.OOM_KILLED and a.class_name)
     floor = 0.0
     for name in excluded:
         info = classes.get(name)
@@ -435,10 +439,10 @@ def _after_failure(
     backoff: tuple[float, float],  # (default base, cap)
     events: list[EventSpec],
 ) -> SubtaskStatus:
-    failures = sum(1 for a in st.history if a.result not in ("Running", "Succeeded") and a.number != attempt.number)
+    failures = sum(1 for a in st.history if a.result.is_failure and a.number != attempt.number)
     failures += 1
     what = f"attempt {attempt.number} on {attempt.class_name or '?'}: {attempt.result}: {attempt.reason}"
-    reason = Reason.OOM_KILLED if attempt.result == "OOMKilled" else Reason.ATTEMPT_FAILED
+    reason = Reason.OOM_KILLED if attempt.result == AttemptResult.OOM_KILLED else Reason.ATTEMPT_FAILED
     events.append(EventSpec("Warning", reason, f"{sub.name}: {what}"))
     if failures > sub.retry.limit:
         events.append(EventSpec("Warning", Reason.RETRIES_EXHAUSTED, f"{sub.name}: failed after {failures} attempt(s)"))
@@ -451,7 +455,7 @@ def _after_failure(
     delay = _retry_delay(sub, failures, backoff[1], backoff[0])
     retry_after = now + timedelta(seconds=delay)
     escalate = ""
-    if attempt.result == "OOMKilled" and sub.retry.oom_escalation:
+    if attempt.result == AttemptResult.OOM_KILLED and sub.retry.oom_escalation:
         info = classes.get(attempt.class_name)
         mem = info.accelerator_memory_gib if info else 0
         escalate = f"; next attempt needs more than {mem:g} GiB of accelerator memory"
@@ -542,8 +546,10 @@ def _task_level(
             if s.phase == SubtaskPhase.RUNNING and s.job:
                 delete.append(s.job)
                 history = list(s.history)
-                if history and history[-1].result == "Running":
-                    history[-1] = _upd(history[-1], result="Cancelled", reason="the task failed", finish_time=now)
+                if history and history[-1].result == AttemptResult.RUNNING:
+                    history[-1] = _upd(
+                        history[-1], result=AttemptResult.CANCELLED, reason="the task failed", finish_time=now
+                    )
                     finished.append((history[-1], s.plan.estimated_cost if s.plan else None))
                 fixed[s.name] = _upd(s, phase=SubtaskPhase.SKIPPED, message="stopped: the task failed", history=history)
             elif s.phase not in _TERMINAL:

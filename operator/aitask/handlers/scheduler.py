@@ -59,14 +59,6 @@ SETTINGS = load_settings()
 _STATUS_CACHE_SECONDS = 30.0
 MAX_FAILED_CYCLES = 5
 DEBOUNCE_SECONDS = 0.2
-# Attempt.result -> the bounded label values of aitask_subtask_attempts_total / _retries_total.
-_RESULT_LABEL = {
-    "Succeeded": "succeeded",
-    "Failed": "failed",
-    "OOMKilled": "oom_killed",
-    "DeadlineExceeded": "deadline_exceeded",
-    "Cancelled": "cancelled",
-}
 # A Job the API server refuses with these codes will be refused again: the task becomes Invalid.
 _REJECTED = (400, 422)
 LEGACY_FINALIZER = "aitask.dev/finalizer"
@@ -343,20 +335,22 @@ class Engine:
 
     def _record(self, outcome: CycleOutcome, duration: float, reason: str) -> None:
         admitted: dict[str, int] = {}
-        for cls_name, wait in outcome.stats.waits:
-            admitted[cls_name] = admitted.get(cls_name, 0) + 1
-            metrics.record_queue_wait(cls_name, wait)
+        for adm in outcome.stats.waits:
+            admitted[adm.class_name] = admitted.get(adm.class_name, 0) + 1
+            metrics.record_queue_wait(adm.class_name, adm.waited_seconds)
         metrics.record_cycle(duration, admitted, outcome.stats.pending_by_class)
         metrics.record_cycle_work(outcome.stats.parsed, outcome.stats.derived)
         metrics.record_task_phases(outcome.stats.tasks_by_phase)
-        for _namespace, cls_name, actual, estimated, gpu_util in outcome.stats.observations:
-            if estimated:
-                metrics.record_runtime(cls_name, estimated, actual)
-            if gpu_util is not None:
-                metrics.record_gpu_utilization(cls_name, gpu_util)
-        for key, kind in outcome.stats.errors:
+        for run in outcome.stats.observations:
+            if run.estimated_seconds:
+                metrics.record_runtime(run.class_name, run.estimated_seconds, run.actual_seconds)
+            if run.gpu_util is not None:
+                metrics.record_gpu_utilization(run.class_name, run.gpu_util)
+        for isolated in outcome.stats.errors:
             metrics.record_reconcile_error("AITask", "isolated")
-            log.error("AITask %s isolated from the cycle: %s (see its InternalError condition)", key, kind)
+            log.error(
+                "AITask %s isolated from the cycle: %s (see its InternalError condition)", isolated.task, isolated.error
+            )
         for warning in outcome.warnings:
             log.warning("%s", warning)
         writes = sum(1 for t in outcome.tasks if t.status)
@@ -441,11 +435,11 @@ class Engine:
             if over is not None and over.serial == serial:
                 over.written_rv = result.get("metadata", {}).get("resourceVersion", "")
                 over.at = time.monotonic()
-            for cls_name, ended, estimated, actual in out.finished:
-                metrics.record_attempt(out.namespace, cls_name, _RESULT_LABEL.get(ended, "other"))
-                metrics.record_cost(out.namespace, cls_name, estimated or 0.0, actual)
-        for cls_name, failed in out.retries:
-            metrics.record_retry(out.namespace, cls_name, _RESULT_LABEL.get(failed, "other"))
+            for ended in out.finished:
+                metrics.record_attempt(out.namespace, ended.class_name, ended.result.label)
+                metrics.record_cost(out.namespace, ended.class_name, ended.estimated_cost or 0.0, ended.actual_cost)
+        for retry in out.retries:
+            metrics.record_retry(out.namespace, retry.class_name, retry.after.label)
         for job in out.expire_jobs:
             await kube.expire_job(out.namespace, job, self.settings.job_ttl_seconds)
         for event in out.events:
