@@ -7,8 +7,10 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
+from aitask.api import v1alpha1 as api
 from aitask.api.v1alpha1 import AITask, AITaskSpec, ExecutorClass
 from aitask.control.cycle import validation_message
+from aitask.core.estimator import PRIOR_SECONDS
 
 
 def spec(*subtasks: dict[str, Any], **extra: Any) -> dict[str, Any]:
@@ -78,3 +80,12 @@ def test_every_setting_is_documented_in_the_operations_guide() -> None:
     text = (Path(__file__).resolve().parents[2] / "docs" / "operations.md").read_text()
     missing = [n for n in OperatorSettings.model_fields if f"`AITASK_{n.upper()}`" not in text]
     assert not missing, f"add these to docs/operations.md ## Configuration: {missing}"
+
+
+@pytest.mark.parametrize("kind", list(api.SubtaskType), ids=[t.value for t in api.SubtaskType])
+def test_every_subtask_type_has_its_defaults(kind: api.SubtaskType) -> None:
+    defaults = api.SUBTASK_TYPE_DEFAULTS[kind]
+    sub = api.Subtask.model_validate({"name": "s", "image": "i", "type": kind.value})
+    assert sub.kinds == frozenset({defaults.kind})
+    assert PRIOR_SECONDS[kind.value] == defaults.prior_seconds > 0
+    assert api.POD_DEFAULTS[defaults.kind].accelerators == (1 if defaults.kind == "gpu" else 0)
