@@ -9,7 +9,7 @@ import pytest
 
 from aitask.core.scheduler import schedule
 from aitask.core.scheduling.evaluation import IGNORED_DEMAND_FIELDS, evaluation_key, key_fields
-from aitask.core.types import Demand, SchedulerParams, Snapshot, SubtaskKey
+from aitask.core.types import Demand, Policy, SchedulerParams, Snapshot, SubtaskKey
 from tests.builders import make_class_info, make_demand, make_node_info
 
 DEMAND_FIELDS = frozenset(f.name for f in fields(Demand))
@@ -86,3 +86,18 @@ def test_demands_differing_in_a_key_field_are_evaluated_apart() -> None:
     result = schedule(Snapshot(now=0.0, classes=classes, nodes=nodes, demands=(small, big)), SchedulerParams())
     placed = {str(a.key): a.class_name for a in result.admitted}
     assert placed == {"ns/a/s": "v100", "ns/b/s": "a100"}
+
+
+@pytest.mark.parametrize(
+    ("order", "first"), [("arrival", "ns/long/s"), ("smith", "ns/short/s")], ids=["arrival", "smith"]
+)
+def test_baseline_order_arrival_or_weighted_shortest_first(order: str, first: str) -> None:
+    """One free GPU, two demands: the baselines take the earlier arrival, or the shorter with "smith"."""
+    classes = {"v100": make_class_info("v100", gpu_mem=16)}
+    nodes = (make_node_info("v1", ["v100"], gpus=1),)
+    long = make_demand("ns/long/s", by_class={"v100": 1000.0}, arrival=0.0)
+    short = make_demand("ns/short/s", by_class={"v100": 10.0}, arrival=5.0)
+    snapshot = Snapshot(now=10.0, classes=classes, nodes=nodes, demands=(long, short))
+    for policy in (Policy.AGNOSTIC, Policy.FIFO):
+        result = schedule(snapshot, SchedulerParams(policy=policy, baseline_order=order))
+        assert [str(a.key) for a in result.admitted] == [first]

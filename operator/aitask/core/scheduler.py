@@ -48,7 +48,7 @@ from aitask.core.costmodel import (
 from aitask.core.scheduling import admit
 from aitask.core.scheduling.books import NodeBooks
 from aitask.core.scheduling.evaluation import Choice, Evaluation, Evaluator
-from aitask.core.scheduling.queueplan import arrival_order, plan_queue
+from aitask.core.scheduling.queueplan import arrival_order, plan_queue, smith_order
 from aitask.core.types import (
     Admission,
     CycleResult,
@@ -108,6 +108,8 @@ class _Cycle:
                 units={name: cap.units for name, cap in self.capacity.items()},
                 backlog=self.backlog,
             )
+        elif self.params.baseline_order == "smith":
+            order = smith_order(demands, evaluations, now=self.snapshot.now, ageing_seconds=self.params.ageing_seconds)
         else:
             order = arrival_order(demands)
         for i in order:

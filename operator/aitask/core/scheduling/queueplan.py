@@ -38,6 +38,28 @@ def arrival_order(demands: Sequence[Demand]) -> list[int]:
     )
 
 
+def smith_order(
+    demands: Sequence[Demand], evaluations: Sequence[Evaluation], *, now: float, ageing_seconds: float
+) -> list[int]:
+    """Weighted shortest first without a plan: Smith ratio on each demand's lowest-static-F class.
+
+    The baselines' alternative to arrival order, so a benchmark can vary the order alone.
+    """
+
+    def key(i: int) -> tuple[float, float, float, str, int]:
+        d = demands[i]
+        evaluation = evaluations[i]
+        ratio = -math.inf  # no feasible class: last
+        if evaluation.feasible:
+            c = evaluation.feasible[evaluation.ranked[0]]
+            work = c.units * c.runtime
+            v = ageing_weight(d, now, ageing_seconds) * d.time_weight
+            ratio = v / work if work > 0 else math.inf
+        return (-ratio, d.arrival, d.ready_since, str(d.key), d.attempt)
+
+    return sorted(range(len(demands)), key=key)
+
+
 def plan_queue(
     demands: Sequence[Demand],
     evaluations: Sequence[Evaluation],
