@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -89,3 +91,10 @@ def test_every_subtask_type_has_its_defaults(kind: api.SubtaskType) -> None:
     assert sub.kinds == frozenset({defaults.kind})
     assert PRIOR_SECONDS[kind.value] == defaults.prior_seconds > 0
     assert api.POD_DEFAULTS[defaults.kind].accelerators == (1 if defaults.kind == "gpu" else 0)
+
+
+def test_user_guide_table_of_type_defaults_is_the_code_table() -> None:
+    text = (Path(__file__).resolve().parents[2] / "docs" / "user-guide.md").read_text()
+    rows = re.findall(r"^\| `([a-z]+)` \| (gpu|cpu) \| (\d+) \|$", text, flags=re.MULTILINE)
+    documented = {name: (kind, float(seconds)) for name, kind, seconds in rows}
+    assert documented == {t.value: (d.kind, d.prior_seconds) for t, d in api.SUBTASK_TYPE_DEFAULTS.items()}
