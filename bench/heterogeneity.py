@@ -24,7 +24,7 @@ Part B, with prices (K80 0.9, P100 1.46, V100 3.06 per GPU-hour): the same Poiss
 beta = 0 and with each beta > 0 in a fixed list, every (seed, beta) printed. Claim checked: some
 beta of the list spends less money at an equal or better average completion time on every seed.
 
-Run: ``.venv/bin/python bench/heterogeneity.py`` (about six minutes on 2 cores).
+Run: ``.venv/bin/python bench/heterogeneity.py`` (about twelve minutes on 2 shared cores).
 """
 
 from __future__ import annotations

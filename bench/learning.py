@@ -22,7 +22,7 @@ Targets: the median error settles under 10% after some N; and the learning sched
 the oracle: in every run the last tenth's ratio is below the first tenth's, and at the moderate
 load the last tenth is within 5% of the oracle (``LAST_TENTH_MODERATE``) on every seed.
 
-Run: ``.venv/bin/python bench/learning.py`` (about two minutes on 2 cores).
+Run: ``.venv/bin/python bench/learning.py`` (about a minute on 2 shared cores).
 """
 
 from __future__ import annotations

@@ -28,7 +28,7 @@ dropping the arrival times can only help, so the total is also at least the jobs
 of the same jobs minus the sum of their arrival times; the bound is the larger of the two. The
 ratio ours / bound is an upper bound on ours / optimum (no target: the bound is loose under load).
 
-Run: ``.venv/bin/python bench/quality.py`` (about five minutes on 2 cores).
+Run: ``.venv/bin/python bench/quality.py`` (about five minutes on 2 shared cores).
 """
 
 from __future__ import annotations

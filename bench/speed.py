@@ -19,7 +19,7 @@ Both schedules (ours and the naive one) are checked to be valid: no node's free 
 exceeded and every demand runs on a class it allows. Targets: ``schedule`` 1k < 100 ms and
 10k < 1 s; exit 1 when one fails or a schedule is invalid.
 
-Run: ``.venv/bin/python bench/speed.py`` (about three minutes on 2 cores).
+Run: ``.venv/bin/python bench/speed.py`` (two to three minutes on 2 shared cores).
 """
 
 from __future__ import annotations
