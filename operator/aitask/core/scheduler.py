@@ -18,8 +18,9 @@ Steps, as in Kueue's scheduler, each reading only the snapshot and this cycle's 
    (``priority * (1 + waited/ageing) * alpha / (units * T)``: weighted shortest first, and a
    demand that waited ``ageing_seconds`` counts double, so none starves). A demand's marginal
    cost on a class is its own ``alpha*(W+T) + beta*C + penalty`` plus the delay it imposes on
-   the demands queued behind it there (``_plan``). Demands are then taken in Smith order on
-   their planned class. ``fifo`` and ``agnostic`` take them by arrival.
+   the demands queued behind it there (``queueplan.plan_queue``). Demands are then taken in
+   Smith order on their planned class. ``fifo`` and ``agnostic`` take them by arrival, or in
+   Smith order on their best class with ``baseline_order="smith"`` (a benchmark baseline).
 4. **Assign**: ``cost`` the planned class; ``fifo`` the class that finishes first (W+T);
    ``agnostic`` any feasible class that has room now (the one with most free units, as a
    spreading scheduler would), blind to speed. W comes from the class timeline, which holds
