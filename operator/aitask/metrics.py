@@ -161,7 +161,7 @@ class OperatorMetrics:
         )
         self.estimated_cost = Counter(
             "aitask_estimated_cost_total",
-            "Estimated cost of admitted attempts, in the price unit of the ExecutorClasses.",
+            "Estimated cost of finished attempts (the plan's, at admission), added when they end, in the price unit.",
             ["namespace", "class"],
             registry=registry,
         )
@@ -230,7 +230,7 @@ class OperatorMetrics:
 
         ``admitted`` counts the sub-tasks admitted in this cycle per class;
         ``pending_by_class`` the ready sub-tasks left waiting, keyed by the class the
-        cost model prefers for them (or ``unassigned`` when none is feasible).
+        cost model prefers for them (``none`` when no class is feasible).
         Classes absent from ``pending_by_class`` are set to 0.
         """
         self.cycle_seconds.observe(max(duration_s, 0.0))
@@ -268,7 +268,7 @@ class OperatorMetrics:
             self.actual_runtime.labels(klass).inc(actual)
 
     def record_cost(self, namespace: str, klass: str, estimated: float, actual: float | None) -> None:
-        """Add an attempt's estimated cost, and its actual cost once it has finished."""
+        """Add a finished attempt's estimated cost and, when known, its actual cost."""
         if estimated > 0:
             self.estimated_cost.labels(namespace, klass).inc(estimated)
         if actual is not None and actual > 0:

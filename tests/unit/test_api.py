@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
 from typing import Any
 
 import pytest
 from pydantic import ValidationError
 
+from aitask.api import v1alpha1 as api
 from aitask.api.v1alpha1 import AITask, AITaskSpec, ExecutorClass
 from aitask.control.cycle import validation_message
+from aitask.core.estimator import PRIOR_SECONDS
 
 
 def spec(*subtasks: dict[str, Any], **extra: Any) -> dict[str, Any]:
@@ -78,3 +82,19 @@ def test_every_setting_is_documented_in_the_operations_guide() -> None:
     text = (Path(__file__).resolve().parents[2] / "docs" / "operations.md").read_text()
     missing = [n for n in OperatorSettings.model_fields if f"`AITASK_{n.upper()}`" not in text]
     assert not missing, f"add these to docs/operations.md ## Configuration: {missing}"
+
+
+@pytest.mark.parametrize("kind", list(api.SubtaskType), ids=[t.value for t in api.SubtaskType])
+def test_every_subtask_type_has_its_defaults(kind: api.SubtaskType) -> None:
+    defaults = api.SUBTASK_TYPE_DEFAULTS[kind]
+    sub = api.Subtask.model_validate({"name": "s", "image": "i", "type": kind.value})
+    assert sub.kinds == frozenset({defaults.kind})
+    assert PRIOR_SECONDS[kind.value] == defaults.prior_seconds > 0
+    assert api.POD_DEFAULTS[defaults.kind].accelerators == (1 if defaults.kind == "gpu" else 0)
+
+
+def test_user_guide_table_of_type_defaults_is_the_code_table() -> None:
+    text = (Path(__file__).resolve().parents[2] / "docs" / "user-guide.md").read_text()
+    rows = re.findall(r"^\| `([a-z]+)` \| (gpu|cpu) \| (\d+) \|$", text, flags=re.MULTILINE)
+    documented = {name: (kind, float(seconds)) for name, kind, seconds in rows}
+    assert documented == {t.value: (d.kind, d.prior_seconds) for t, d in api.SUBTASK_TYPE_DEFAULTS.items()}

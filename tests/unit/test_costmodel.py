@@ -12,15 +12,26 @@ from aitask.core.costmodel import (
     build_timeline,
     class_capacity,
     cost,
-    evaluate,
     fluid_wait,
     infeasible_reason,
     rightsizing_penalty,
     score,
+    score_with_wait,
+    static_score,
 )
-from aitask.core.estimator import Estimator
 from aitask.core.quantity import GIB
-from aitask.core.types import ClassInfo, Learned, Running, SchedulerParams, SubtaskKey
+from aitask.core.scheduler import schedule
+from aitask.core.types import (
+    ClassInfo,
+    Demand,
+    Learned,
+    NodeInfo,
+    Option,
+    Running,
+    SchedulerParams,
+    Snapshot,
+    SubtaskKey,
+)
 from tests.builders import make_class_info, make_demand, make_node_info
 
 V100 = make_class_info("v100", gpu_mem=16, price=3.06, speed=4.0)
@@ -47,15 +58,26 @@ CAPS = {name: class_capacity(cls, NODES) for name, cls in CLASSES.items()}
         ({"excluded": ["v100"]}, "v100", "excluded after an OOM-killed attempt on it"),
         ({"min_mem": 24}, "v100", "accelerator memory 16GiB < required 24GiB"),
         ({"min_mem": 24}, "a100", ""),
-        ({"gpus": 6}, "v100", "no node can ever fit one pod (6 nvidia.com/gpu, 4 cpu, 16Gi memory; largest node has "
-                               "4 nvidia.com/gpu, 32 cpu, 128Gi memory)"),
-        ({"gpus": 1, "cpu": 20}, "k80", "no node can ever fit one pod (1 nvidia.com/gpu, 20 cpu, 16Gi memory; "
-                                        "largest node has 8 nvidia.com/gpu, 16 cpu, 64Gi memory)"),
+        (
+            {"gpus": 6},
+            "v100",
+            "no node can ever fit one pod (6 nvidia.com/gpu, 4 cpu, 16Gi memory; largest node has "
+            "4 nvidia.com/gpu, 32 cpu, 128Gi memory)",
+        ),
+        (
+            {"gpus": 1, "cpu": 20},
+            "k80",
+            "no node can ever fit one pod (1 nvidia.com/gpu, 20 cpu, 16Gi memory; "
+            "largest node has 8 nvidia.com/gpu, 16 cpu, 64Gi memory)",
+        ),
         ({"gpus": 4, "pods": 3, "gang": True}, "v100", "gang needs 3 pods at once, the class can hold at most 2"),
         ({"gpus": 4, "pods": 3}, "v100", "parallelism needs 3 pods at once, the class can hold at most 2"),
         ({"gpus": 4, "pods": 2, "gang": True}, "v100", ""),
-        ({"gpus": 0, "kinds": ["cpu"], "cpu": 32}, "cpu", "no node can ever fit one pod (32 cpu, 16Gi memory; "
-                                                          "largest node has 16 cpu, 64Gi memory)"),
+        (
+            {"gpus": 0, "kinds": ["cpu"], "cpu": 32},
+            "cpu",
+            "no node can ever fit one pod (32 cpu, 16Gi memory; largest node has 16 cpu, 64Gi memory)",
+        ),
     ],
     ids=[
         "feasible",
@@ -117,7 +139,12 @@ def test_rightsizing_penalty(util: float | None, price: float, cheapest: float, 
     cls = replace(V100, price_accelerator_hour=price)
     learned = Learned(seconds_per_unit=1000, samples=3, gpu_util_avg=util)
     got = rightsizing_penalty(
-        make_demand(), cls, learned, cheapest_accelerator_price=cheapest, runtime=1000, money=0.0,
+        make_demand(),
+        cls,
+        learned,
+        cheapest_accelerator_price=cheapest,
+        runtime=1000,
+        money=0.0,
         params=SchedulerParams(low_gpu_util_percent=30.0, rightsizing_penalty=0.5),
     )
     assert got == pytest.approx(expected)
@@ -164,18 +191,35 @@ def test_build_timeline_and_fluid_wait() -> None:
     assert fluid_wait(V100, running, cap) == pytest.approx(300 * 2 / 4)
 
 
-def test_evaluate_orders_feasible_by_f_then_infeasible() -> None:
+def _options(
+    demand: Demand, classes: dict[str, ClassInfo], nodes: tuple[NodeInfo, ...], learned: dict[tuple[str, str], Learned]
+) -> list[Option]:
+    """Every class as the scheduler scored it for a lone demand: the chosen one first."""
+    snapshot = Snapshot(now=0.0, classes=classes, nodes=nodes, demands=(demand,), learned=learned)
+    result = schedule(snapshot, SchedulerParams(max_alternatives=len(classes)))
+    decision = result.admitted[0] if result.admitted else result.deferred[0]
+    first = decision.chosen if result.admitted else decision.best  # type: ignore[union-attr]
+    return ([first] if first is not None else []) + list(decision.alternatives)
+
+
+def test_schedule_orders_feasible_by_f_then_infeasible() -> None:
     demand = make_demand(by_class={"v100": 100, "a100": 80, "k80": 300}, cost_weight=0.0)
-    estimator = Estimator(CLASSES, {})
-    timelines = {n: build_timeline(c, NODES, (), CAPS[n]) for n, c in CLASSES.items()}
-    options = evaluate(demand, CLASSES, CAPS, estimator, timelines, SchedulerParams())
+    options = _options(demand, CLASSES, NODES, {})
     assert [o.class_name for o in options] == ["a100", "v100", "k80", "cpu"]
     assert [o.feasible for o in options] == [True, True, True, False]
     assert options[0].score == 80.0
     assert options[0].cost == pytest.approx(80 / 3600 * 4.0)
     # With a cost weight the cheap K80 wins despite being slower.
-    cheap = evaluate(replace(demand, cost_weight=1e6), CLASSES, CAPS, estimator, timelines, SchedulerParams())
+    cheap = _options(replace(demand, cost_weight=1e6), CLASSES, NODES, {})
     assert cheap[0].class_name == "k80"
+
+
+def test_f_is_its_static_part_plus_weighted_wait() -> None:
+    demand = make_demand(time_weight=2.0, cost_weight=10.0)
+    static = static_score(demand, runtime=100.0, money=3.0, penalty=5.0)
+    assert static == 2.0 * 100.0 + 10.0 * 3.0 + 5.0
+    assert score(demand, 100.0, 40.0, 3.0, 5.0) == score_with_wait(static, 2.0, 40.0) == static + 2.0 * 40.0
+    assert score(demand, 100.0, math.inf, 3.0) == math.inf
 
 
 @settings(max_examples=80, deadline=None)
@@ -202,16 +246,17 @@ def test_higher_price_never_more_attractive(
     learned = {("p", "v100"): Learned(seconds, 5, gpu_util_avg=util)}
     nodes = (make_node_info("v1", ["v100"], gpus=4), make_node_info("o1", ["other"], gpus=4))
 
-    def options_for(price: float) -> dict[str, float]:
+    def options_for(price: float) -> tuple[dict[str, float], str]:
         cls = replace(V100, price_accelerator_hour=price, price_cpu_hour=cpu_price)
-        classes = {"v100": cls, "other": other}
-        caps = {n: class_capacity(c, nodes) for n, c in classes.items()}
-        timelines = {n: build_timeline(c, nodes, (), caps[n]) for n, c in classes.items()}
-        opts = evaluate(demand, classes, caps, Estimator(classes, learned), timelines, SchedulerParams())
-        return {o.class_name: o.score for o in opts if o.score is not None}
+        opts = _options(demand, {"v100": cls, "other": other}, nodes, learned)
+        scores = {o.class_name: o.score for o in opts if o.score is not None}
+        assert set(scores) == {"v100", "other"}
+        return scores, opts[0].class_name
 
-    before = options_for(base_price)
-    after = options_for(base_price + increase)
+    before, chosen_before = options_for(base_price)
+    after, chosen_after = options_for(base_price + increase)
+    # A dearer v100 is never chosen where the cheaper one was not.
+    assert chosen_after != "v100" or chosen_before == "v100"
     assert after["v100"] >= before["v100"] - 1e-9
     # Relative to the other class, v100 never gains.
     assert after["v100"] - after["other"] >= before["v100"] - before["other"] - 1e-6 * max(1.0, abs(before["v100"]))

@@ -216,3 +216,46 @@ def test_dashboard_and_alert_expressions_parse(tmp_path: Path) -> None:
     path.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}, *groups]}))
     result = subprocess.run(["promtool", "check", "rules", str(path)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def _documented_metrics() -> list[tuple[str, list[str], str]]:
+    """(metric, labels, meaning) of each row of the metrics table in docs/operations.md."""
+    text = (Path(__file__).resolve().parents[2] / "docs" / "operations.md").read_text()
+    rows = []
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 4 and cells[0].startswith("`aitask_"):
+            labels = re.findall(r"`([a-z_]+)`", cells[2])
+            rows.append((cells[0].strip("`"), labels, cells[3]))
+    return rows
+
+
+def _names(collector: object) -> set[str]:
+    """The names a collector exposes (a counter's family name without its ``_total``)."""
+    describe = getattr(collector, "describe", None)
+    families = describe() if callable(describe) else []
+    return {family.name + suffix for family in families for suffix in ("", "_total")}
+
+
+def test_every_metric_and_label_in_the_operations_doc_exists(m: OperatorMetrics) -> None:
+    rows = _documented_metrics()
+    assert len(rows) >= 15
+    for name, labels, _ in rows:
+        if name == "aitask_operator_info":
+            assert value(m, name, **{label: aitask.__version__ for label in labels}) == 1
+            continue
+        collector = next((c for c in vars(m).values() if name in _names(c)), None)
+        assert collector is not None, f"{name} is documented but not registered"
+        if labels:
+            collector.labels(**{label: "x" for label in labels})  # ValueError unless exactly these labels
+        else:
+            with pytest.raises(ValueError, match="No label names"):
+                collector.labels("x")  # a metric without labels takes none
+
+
+def test_documented_label_values_are_the_bounded_sets() -> None:
+    meanings = {name: meaning for name, _, meaning in _documented_metrics()}
+    results = re.findall(r"`([a-z_]+)`", meanings["aitask_subtask_attempts_total"].split("∈", 1)[1])
+    reasons = re.findall(r"`([a-z_]+)`", meanings["aitask_subtask_retries_total"].split("∈", 1)[1])
+    assert set(results) == metrics.ATTEMPT_RESULTS
+    assert set(reasons) == metrics.RETRY_REASONS

@@ -216,3 +216,21 @@ def test_ageing_admits_a_long_low_priority_task_during_a_stream(
     start = next(p.start for p in result.placements if p.task == "long")
     last_arrival = (count - 1) * short_seconds
     assert start < last_arrival
+
+
+def test_told_changes_what_the_scheduler_sees_not_the_truth() -> None:
+    """Told that both GPUs take 100 s, the scheduler picks the first free class by name (k80),
+    and the run still takes the K80's true 400 s."""
+    from dataclasses import replace
+
+    task = make_aitask("a").subtask("train", gpus=1, seconds_by_class={"v100": 100, "k80": 400}).obj()
+    told = simulate(CLASSES, NODES, [task], params=SchedulerParams(),
+                    told=lambda d: replace(d, estimate_by_class={}, estimate_seconds=100.0, estimate_on_class=None))
+    speeds_one = {n: ClassInfo(**{**vars(c), "speed_default": 1.0}) for n, c in CLASSES.items()}
+    blind = simulate(speeds_one, NODES, [task], params=SchedulerParams(),
+                     told=lambda d: replace(d, estimate_by_class={}, estimate_seconds=100.0, estimate_on_class=None))
+    oracle = simulate(CLASSES, NODES, [task], params=SchedulerParams())
+    assert [(p.class_name, p.end - p.start) for p in oracle.placements] == [("v100", 100.0)]
+    # With the prior speeds the scheduler still prefers the V100 (4x); with speeds all 1.0 it cannot tell.
+    assert [p.class_name for p in told.placements] == ["v100"]
+    assert [(p.class_name, p.end - p.start) for p in blind.placements] == [("k80", 400.0)]

@@ -9,6 +9,8 @@ Field names follow Kubernetes conventions (camelCase on the wire, snake_case her
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, Final, Literal
@@ -176,10 +178,14 @@ class ExecutorClassStatus(StatusModel):
         default_factory=ResourceTotals, description="Allocatable resources of the Ready nodes of this class."
     )
     allocated: ResourceTotals = Field(
-        default_factory=ResourceTotals, description="Resources requested by pods bound to those nodes."
+        default_factory=ResourceTotals,
+        description="Resources held on those nodes: requests of the pods bound to them and of the sub-tasks "
+        "the operator admitted there whose pods are not bound yet.",
     )
     learned: dict[str, Learned] = Field(default_factory=dict, description="Per workload profile.")
-    conditions: list[Condition] = Field(default_factory=list, description="Conditions of the class.")
+    conditions: list[Condition] = Field(
+        default_factory=list, description="Reserved: this version of the operator sets no class conditions."
+    )
     observed_generation: int | None = Field(None, description="The spec generation last processed.")
 
 
@@ -209,7 +215,7 @@ class ExecutorClass(StatusModel):
 
 
 class SubtaskType(StrEnum):
-    """Classification of a sub-task; it sets the defaults for executor kind and retries."""
+    """Classification of a sub-task; it sets the default executor kind and the runtime prior."""
 
     PREPROCESS = "preprocess"
     INFERENCE = "inference"
@@ -220,7 +226,43 @@ class SubtaskType(StrEnum):
     CUSTOM = "custom"
 
 
-GPU_BY_DEFAULT = frozenset({SubtaskType.INFERENCE, SubtaskType.TRAINING, SubtaskType.EVALUATION})
+@dataclass(frozen=True)
+class SubtaskTypeDefaults:
+    """What a sub-task type sets when the sub-task does not say."""
+
+    kind: Literal["gpu", "cpu"]  # executor kind allowed when neither executor.kinds nor accelerators is set
+    prior_seconds: float  # runtime at speed 1.0 per unit of work, before anything is learned or hinted
+
+
+#: The one table of per-type defaults (read by ``Subtask.kinds`` and ``core.estimator``).
+SUBTASK_TYPE_DEFAULTS: Mapping[SubtaskType, SubtaskTypeDefaults] = {
+    SubtaskType.PREPROCESS: SubtaskTypeDefaults("cpu", 600.0),
+    SubtaskType.INFERENCE: SubtaskTypeDefaults("gpu", 900.0),
+    SubtaskType.TRAINING: SubtaskTypeDefaults("gpu", 3600.0),
+    SubtaskType.EVALUATION: SubtaskTypeDefaults("gpu", 600.0),
+    SubtaskType.POSTPROCESS: SubtaskTypeDefaults("cpu", 300.0),
+    SubtaskType.FUSION: SubtaskTypeDefaults("cpu", 300.0),
+    SubtaskType.CUSTOM: SubtaskTypeDefaults("cpu", 1800.0),
+}
+
+
+@dataclass(frozen=True)
+class PodDefaults:
+    """Per-pod requests when the executor does not say, by the largest kind the sub-task may use."""
+
+    accelerators: int
+    cpu: str
+    memory: str
+
+
+#: A CPU step is small; a GPU step needs enough host CPU and memory to feed its accelerator. Keyed by
+#: kind, not type: a sub-task that may run on a GPU gets the GPU-sized requests whatever its type.
+POD_DEFAULTS: Mapping[Literal["gpu", "cpu"], PodDefaults] = {
+    "gpu": PodDefaults(accelerators=1, cpu="4", memory="16Gi"),
+    "cpu": PodDefaults(accelerators=0, cpu="1", memory="2Gi"),
+}
+
+GPU_BY_DEFAULT = frozenset(t for t, d in SUBTASK_TYPE_DEFAULTS.items() if d.kind == "gpu")
 
 
 class Objective(Model):
@@ -321,7 +363,9 @@ class Subtask(Model):
     """One step of the pipeline: one child Job per attempt."""
 
     name: str = Field(pattern=DNS_LABEL, max_length=MAX_SUBTASK_NAME, description="Unique within the task (DNS label).")
-    type: SubtaskType = Field(SubtaskType.CUSTOM, description="Classification; sets defaults.")
+    type: SubtaskType = Field(
+        SubtaskType.CUSTOM, description="Classification; sets the default executor kind and runtime prior."
+    )
     profile: str | None = Field(
         None,
         max_length=253,
@@ -369,7 +413,7 @@ class Subtask(Model):
             return frozenset(self.executor.kinds)
         if self.executor.accelerators:
             return frozenset({"gpu"})
-        return frozenset({"gpu"}) if self.type in GPU_BY_DEFAULT else frozenset({"cpu"})
+        return frozenset({SUBTASK_TYPE_DEFAULTS[self.type].kind})
 
 
 class Deadline(Model):
@@ -545,7 +589,9 @@ class AITaskStatus(StatusModel):
     total: int = Field(0, description="All sub-tasks.")
     estimated_cost: float | None = Field(None, description="Sum of the plans' estimated costs.")
     actual_cost: float | None = Field(None, description="Sum of the attempts' costs.")
-    estimated_seconds: float | None = Field(None, description="Estimated critical-path time.")
+    estimated_seconds: float | None = Field(
+        None, description="Reserved for a critical-path estimate: this version of the operator does not write it."
+    )
     start_time: datetime | None = Field(None, description="When the first attempt started.")
     completion_time: datetime | None = Field(None, description="When the task succeeded or failed.")
     conditions: list[Condition] = Field(

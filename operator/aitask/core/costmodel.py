@@ -21,12 +21,11 @@ from __future__ import annotations
 import bisect
 import math
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from aitask.core.estimator import Estimator
 from aitask.core.quantity import GIB
-from aitask.core.types import ClassInfo, Demand, Learned, NodeInfo, Option, Running, SchedulerParams
+from aitask.core.types import ClassInfo, Demand, Learned, NodeInfo, Running, SchedulerParams
 
 #: Units held by something the operator did not admit (another scheduler's pods) are assumed
 #: to be released after this long; W needs some number, and an hour is a typical batch job.
@@ -50,6 +49,11 @@ def demand_units(demand: Demand, cls: ClassInfo) -> float:
     if cls.kind == "gpu":
         return float(demand.pods * demand.accelerators)
     return demand.pods * demand.cpu
+
+
+def running_units(item: Running, cls: ClassInfo) -> float:
+    """The class's units held by admitted work: its accelerators on a GPU class, its cores on a CPU pool."""
+    return float(item.accelerators) if cls.kind == "gpu" else item.cpu
 
 
 def node_units(node: NodeInfo, cls: ClassInfo, *, free: bool) -> float:
@@ -162,11 +166,23 @@ def cost(demand: Demand, cls: ClassInfo, runtime_seconds: float) -> float:
     return runtime_seconds / 3600.0 * demand.pods * per_pod_hour
 
 
+def static_score(demand: Demand, runtime: float, money: float, penalty: float = 0.0) -> float:
+    """The part of F that does not depend on W: ``alpha * T + beta * C + penalty``.
+
+    The scheduler computes it once per (demand signature, class) and adds ``alpha * W`` per
+    decision with ``score_with_wait``; ``score`` is the two together.
+    """
+    return demand.time_weight * runtime + demand.cost_weight * money + penalty
+
+
+def score_with_wait(static: float, time_weight: float, wait: float) -> float:
+    """F from its static part and W; a class that can never free enough units scores inf."""
+    return math.inf if wait == math.inf else static + time_weight * wait
+
+
 def score(demand: Demand, runtime: float, wait: float, money: float, penalty: float = 0.0) -> float:
     """F = alpha * (W + T) + beta * C (+ right-sizing penalty); lower is better."""
-    if wait == math.inf:
-        return math.inf
-    return demand.time_weight * (wait + runtime) + demand.cost_weight * money + penalty
+    return score_with_wait(static_score(demand, runtime, money, penalty), demand.time_weight, wait)
 
 
 def rightsizing_penalty(
@@ -265,7 +281,7 @@ def build_timeline(
     for item in running:
         if item.class_name != cls.name:
             continue
-        units = float(item.accelerators) if cls.kind == "gpu" else item.cpu
+        units = running_units(item, cls)
         busy_known += units
         releases.append((max(0.0, item.remaining_seconds), units))
     unknown = capacity.units - free - busy_known
@@ -274,65 +290,17 @@ def build_timeline(
     return Timeline(free, releases)
 
 
+def backlog_unit_seconds(cls: ClassInfo, running: Iterable[Running]) -> float:
+    """The admitted work still on the class: ``sum(remaining seconds * units)``."""
+    backlog = 0.0
+    for item in running:
+        if item.class_name == cls.name:
+            backlog += max(0.0, item.remaining_seconds) * running_units(item, cls)
+    return backlog
+
+
 def fluid_wait(cls: ClassInfo, running: Iterable[Running], capacity: ClassCapacity) -> float:
     """The backlog on the class spread over all its units: sum(remaining * units) / capacity."""
     if capacity.units <= 0:
         return math.inf
-    backlog = 0.0
-    for item in running:
-        if item.class_name == cls.name:
-            units = float(item.accelerators) if cls.kind == "gpu" else item.cpu
-            backlog += max(0.0, item.remaining_seconds) * units
-    return backlog / capacity.units
-
-
-def evaluate(
-    demand: Demand,
-    classes: Mapping[str, ClassInfo],
-    capacities: Mapping[str, ClassCapacity],
-    estimator: Estimator,
-    timelines: Mapping[str, Timeline],
-    params: SchedulerParams,
-) -> list[Option]:
-    """Every class as an Option for the demand: feasible ones by F (best first), then the rest.
-
-    The scheduler has a faster path for whole cycles; this one is for `aitask plan` and
-    for tests, and gives the same numbers.
-    """
-    reasons = {name: infeasible_reason(demand, cls, capacities[name]) for name, cls in classes.items()}
-    gpu_prices = [classes[n].price_accelerator_hour for n, r in reasons.items() if not r and classes[n].kind == "gpu"]
-    cheapest = min(gpu_prices) if gpu_prices else 0.0
-    feasible: list[Option] = []
-    infeasible: list[Option] = []
-    for name, cls in classes.items():
-        if reasons[name]:
-            infeasible.append(Option(class_name=name, feasible=False, reason=reasons[name]))
-            continue
-        est = estimator.estimate(demand, name)
-        money = cost(demand, cls, est.seconds)
-        penalty = rightsizing_penalty(
-            demand,
-            cls,
-            estimator.learned.get((demand.profile, name)),
-            cheapest_accelerator_price=cheapest,
-            runtime=est.seconds,
-            money=money,
-            params=params,
-        )
-        timeline = timelines.get(name)
-        wait = timeline.wait(demand_units(demand, cls)) if timeline is not None else 0.0
-        feasible.append(
-            Option(
-                class_name=name,
-                feasible=True,
-                runtime_seconds=est.seconds,
-                wait_seconds=wait,
-                cost=money,
-                score=score(demand, est.seconds, wait, money, penalty),
-                estimate_source=est.source,
-                penalty=penalty,
-            )
-        )
-    feasible.sort(key=lambda o: (o.score if o.score is not None else math.inf, o.class_name))
-    infeasible.sort(key=lambda o: o.class_name)
-    return feasible + infeasible
+    return backlog_unit_seconds(cls, running) / capacity.units

@@ -31,17 +31,10 @@ from datetime import datetime
 from aitask.api import v1alpha1 as api
 from aitask.core.types import ClassInfo, Demand, Learned
 
-#: Runtime at speed 1.0 per unit of work when nothing better is known, by sub-task type.
-PRIOR_SECONDS: Mapping[str, float] = {
-    "preprocess": 600.0,
-    "inference": 900.0,
-    "training": 3600.0,
-    "evaluation": 600.0,
-    "postprocess": 300.0,
-    "fusion": 300.0,
-    "custom": 1800.0,
-}
-PRIOR_DEFAULT_SECONDS = 1800.0
+#: Runtime at speed 1.0 per unit of work when nothing better is known, by sub-task type
+#: (``api.SUBTASK_TYPE_DEFAULTS``); a type string the API does not know gets the custom one.
+PRIOR_SECONDS: Mapping[str, float] = {t.value: d.prior_seconds for t, d in api.SUBTASK_TYPE_DEFAULTS.items()}
+PRIOR_DEFAULT_SECONDS = api.SUBTASK_TYPE_DEFAULTS[api.SubtaskType.CUSTOM].prior_seconds
 
 #: What each source is worth, in samples (k0 of the blending weight n / (n + k0)).
 K0_BY_CLASS = 2.0  # secondsByClass[k], or seconds on onClass == k

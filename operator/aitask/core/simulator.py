@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import heapq
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from aitask.api import v1alpha1 as api
@@ -164,11 +164,14 @@ def simulate(
     default_cost_weight: float = 0.0,
     learned: Mapping[tuple[str, str], Learned] | None = None,
     arrivals: Mapping[str, float] | None = None,
+    told: Callable[[Demand], Demand] | None = None,
 ) -> SimResult:
     """Replay the trace through the scheduler until every task has finished (or cannot run).
 
     Returns completion times (end of a task's last sub-task minus its arrival), the
     placements and their cost at the true runtimes, and what was learned on the way.
+    ``told`` rewrites what the scheduler is told about each demand (a benchmark's blind
+    baseline); the true runtimes stay those of the trace.
     """
     state: list[_Task] = []
     for task in tasks:
@@ -262,6 +265,8 @@ def simulate(
                     )
                     if learn:
                         demand = replace(demand, estimate_by_class={})
+                    if told is not None:
+                        demand = told(demand)
                     t.demands[sub_name] = demand
                 demands.append(demand)
                 owner[demand.key] = (t, sub_name)

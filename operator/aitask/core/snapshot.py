@@ -15,10 +15,6 @@ from aitask.core.estimator import from_api
 from aitask.core.quantity import parse_quantity
 from aitask.core.types import ClassInfo, Demand, Learned, NodeInfo, Running, SubtaskKey, TolerationInfo
 
-#: Per-pod requests when the sub-task does not say: a CPU step is small, a GPU step needs
-#: enough host CPU and memory to feed its accelerator.
-CPU_DEFAULTS = ("1", "2Gi")
-GPU_DEFAULTS = ("4", "16Gi")
 NO_SCHEDULE_EFFECTS = frozenset({"NoSchedule", "NoExecute"})
 
 
@@ -138,8 +134,8 @@ def demand_for(
 ) -> Demand:
     """The scheduler's view of one ready sub-task attempt.
 
-    Defaults when the executor does not say: a sub-task that may use a GPU gets 1
-    accelerator, cpu "4" and memory "16Gi" per pod; a CPU-only one cpu "1" and memory "2Gi".
+    Defaults when the executor does not say: ``api.POD_DEFAULTS`` (a sub-task that may use a
+    GPU gets 1 accelerator, cpu "4" and memory "16Gi" per pod; a CPU-only one cpu "1", "2Gi").
     ``arrival`` is when the task was submitted (the FIFO order): the operator passes
     ``creationTimestamp``, the simulator the ``aitask.dev/submit-after-seconds`` time;
     without it, creationTimestamp or else ``now``. ``min_accel_memory_gib`` and ``excluded``
@@ -148,9 +144,8 @@ def demand_for(
     spec = task.spec
     executor = subtask.executor
     kinds = subtask.kinds
-    gpu = "gpu" in kinds
-    default_cpu, default_memory = GPU_DEFAULTS if gpu else CPU_DEFAULTS
-    accelerators = executor.accelerators if executor.accelerators is not None else (1 if gpu else 0)
+    defaults = api.POD_DEFAULTS["gpu" if "gpu" in kinds else "cpu"]
+    accelerators = executor.accelerators if executor.accelerators is not None else defaults.accelerators
     if arrival is None:
         created = task.metadata.creation_timestamp
         arrival = created.timestamp() if created is not None else now
@@ -168,8 +163,8 @@ def demand_for(
         completions=subtask.effective_completions,
         gang=subtask.gang,
         accelerators=accelerators,
-        cpu=parse_quantity(executor.cpu or default_cpu),
-        memory=parse_quantity(executor.memory or default_memory),
+        cpu=parse_quantity(executor.cpu or defaults.cpu),
+        memory=parse_quantity(executor.memory or defaults.memory),
         kinds=kinds,
         classes=frozenset(executor.classes) if executor.classes else None,
         min_accelerator_memory_gib=max(executor.min_accelerator_memory_gi_b or 0.0, min_accel_memory_gib),

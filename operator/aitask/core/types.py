@@ -152,6 +152,9 @@ class SchedulerParams:
     lookahead: bool = True  # cost/fifo: a demand waiting for a busy class holds its place there
     plan_candidates: int = 4  # cost: classes (lowest static F first) the queue plan considers per demand
     plan_passes: int = 1  # cost: improvement passes of the queue plan after the greedy insertion
+    # fifo/agnostic: take demands by arrival, or weighted shortest first (Smith order on the best
+    # class, with ageing) as the cost policy does; "smith" is for the benchmarks' ordered baselines.
+    baseline_order: str = "arrival"  # "arrival" | "smith"
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,1 @@
+"""The scheduler's steps, one module each (``core.scheduler.schedule`` runs them in order)."""
