@@ -286,3 +286,21 @@ def test_a_job_found_without_its_status_write_is_adopted_with_an_event() -> None
 def test_parse_task_names_a_dependency_cycle() -> None:
     task, problem = parse_task(body("c", [{"name": "a", "image": "x", "dependsOn": ["a"]}]))
     assert task is None and "dependsOn" in problem
+
+
+def test_the_status_carries_the_critical_path_estimate() -> None:
+    steps = [{**CPU_STEP, "name": "a"}, {**CPU_STEP, "name": "b", "dependsOn": ["a"]},
+             {**CPU_STEP, "name": "c", "dependsOn": ["a"], "estimate": {"seconds": 600}}]
+    out = run_cycle(view([body("t", steps)]), CycleParams(), NOW).tasks[0]
+    assert out.status is not None
+    # Only "a" is ready and planned yet: the path is its T; the others join as they are planned.
+    plan_a = out.status["subtasks"][0]["plan"]["estimatedSeconds"]
+    assert out.status["estimatedSeconds"] == pytest.approx(plan_a)
+    task = api.AITask.model_validate(body("t", steps, status=out.status))
+    done = [s.model_copy(update={"phase": api.SubtaskPhase.SUCCEEDED, "actual_seconds": 5.0}) if s.name == "a"
+            else s for s in task.status.subtasks]
+    b = next(s for s in done if s.name == "b")
+    c_plan = api.Plan(class_name="cpu", estimated_seconds=600.0)
+    done = [s.model_copy(update={"plan": c_plan}) if s.name == "c" else s for s in done]
+    assert b.plan is None
+    assert progress.estimated_seconds(task, done) == pytest.approx(605.0)  # a (actual) then c, the longer branch

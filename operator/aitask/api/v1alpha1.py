@@ -590,7 +590,9 @@ class AITaskStatus(StatusModel):
     estimated_cost: float | None = Field(None, description="Sum of the plans' estimated costs.")
     actual_cost: float | None = Field(None, description="Sum of the attempts' costs.")
     estimated_seconds: float | None = Field(
-        None, description="Reserved for a critical-path estimate: this version of the operator does not write it."
+        None,
+        description="Estimated critical-path time: succeeded sub-tasks at their actual runtime, the others at "
+        "their plan's T (waits not included).",
     )
     start_time: datetime | None = Field(None, description="When the first attempt started.")
     completion_time: datetime | None = Field(None, description="When the task succeeded or failed.")

@@ -284,6 +284,7 @@ def decide_task(
             "conditions": conds,
             "phase": phase,
             "estimated_cost": round(sum(est), 6) if est else status.estimated_cost,
+            "estimated_seconds": progress.estimated_seconds(task, ordered),
             "start_time": status.start_time or (now if running else None),
             "metrics": _task_metrics(ordered) or status.metrics,
         }

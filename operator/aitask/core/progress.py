@@ -29,6 +29,7 @@ from aitask.api.v1alpha1 import (
     TaskPhase,
 )
 from aitask.core import conditions as cond
+from aitask.core.dag import critical_path
 from aitask.core.observed import JobView, PodView
 from aitask.core.reasons import ConditionType, Reason
 from aitask.core.types import ClassInfo
@@ -373,6 +374,24 @@ def settle(
         generation=gen,
     )
     return phase, out
+
+
+def estimated_seconds(task: AITask, subtasks: Sequence[SubtaskStatus]) -> float | None:
+    """The critical path of the task: succeeded sub-tasks at their actual runtime, the rest at their plan's T."""
+    by_name = {s.name: s for s in subtasks}
+    seconds: dict[str, float] = {}
+    for sub in task.spec.subtasks:
+        st = by_name.get(sub.name)
+        if st is None:
+            continue
+        if st.phase == SubtaskPhase.SUCCEEDED and st.actual_seconds is not None:
+            seconds[sub.name] = st.actual_seconds
+        elif st.plan is not None and st.plan.class_name:
+            seconds[sub.name] = st.plan.estimated_seconds
+    if not seconds:
+        return None
+    total, _ = critical_path({s.name: s.depends_on for s in task.spec.subtasks}, seconds)
+    return round(total, 3)
 
 
 def start_attempt(
