@@ -15,13 +15,25 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from typing import NamedTuple
 
 from aitask.core.scheduling.evaluation import Evaluation
 from aitask.core.types import Demand, SchedulerParams
 
-#: One candidate class of one demand: (option index, rank in the class's Smith order (1-based),
-#: the class's work tree, weight tree and weight-total cell, 1/m, B/m, T, u*T, beta*C + penalty).
-_Candidate = tuple[int, int, list[float], list[float], list[float], float, float, float, float, float]
+
+class _Candidate(NamedTuple):
+    """One candidate class of one demand in the plan (a NamedTuple: the hot loop unpacks it)."""
+
+    option: int  # index into the demand's feasible options
+    rank: int  # 1-based position in the class's Smith order
+    work_tree: list[float]  # the class's Fenwick tree of u*T
+    weight_tree: list[float]  # the class's Fenwick tree of weights
+    total: list[float]  # one cell: the class's total weight
+    inv_m: float  # 1 / the class's capacity in units
+    offset: float  # B / m: the admitted backlog's wait
+    runtime: float  # T
+    work: float  # u * T
+    extra: float  # beta*C + penalty
 
 
 def ageing_weight(d: Demand, now: float, ageing_seconds: float) -> float:
@@ -141,7 +153,9 @@ def _candidates(
             c = evaluations[i].feasible[j]
             extra = c.base - demands[i].time_weight * c.runtime  # beta*C + penalty
             cands[i].append(
-                (j, rank + 1, work_tree, weight_tree, total, inv_m, offset, c.runtime, c.units * c.runtime, extra)
+                _Candidate(
+                    j, rank + 1, work_tree, weight_tree, total, inv_m, offset, c.runtime, c.units * c.runtime, extra
+                )
             )
     return weights, ranked, cands
 
