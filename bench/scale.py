@@ -616,6 +616,7 @@ class Bench:
             missing = target - len(self.names)
             t0 = time.monotonic()
             _, cpu_before = self.op_stats()
+            fill_before = cycles(operator_metrics(self.op))
             if missing > 0:
                 log(f"population: {missing} more AITasks to reach {target}")
                 timeout = self.args.timeout_base + missing * self.args.timeout_per_task
@@ -628,6 +629,7 @@ class Bench:
                     names += batch
                 self.wait_finished(names, max(1.0, deadline - time.monotonic()), f"population {target}")
             fill_s = time.monotonic() - t0
+            fill_cycles = cycles(operator_metrics(self.op)).minus(fill_before).summary()
             time.sleep(self.args.settle)
             rss, cpu = self.op_stats()
             # Cycle duration with `target` finished AITasks present, around a small probe burst.
@@ -648,7 +650,7 @@ class Bench:
                    "operator_cpu_s_per_filled_aitask": round((cpu - cpu_before) / missing, 3) if missing > 0 else None,
                    "probe": {"n": len(probe), "create_to_job_p50_s": round(quantile(lat, 0.5) or 0, 3),
                              "max_s": round(max(lat, default=0), 3), "all_got_jobs": got},
-                   "cycle_during_probe": after.minus(before).summary()}
+                   "cycle_during_fill": fill_cycles, "cycle_during_probe": after.minus(before).summary()}
             out.append(row)
             log(f"population {target}: RSS {rss:.0f} MiB, cycles {row['cycle_during_probe']}")
 
@@ -747,8 +749,11 @@ def operator_log_summary(op: Operator) -> dict[str, Any]:
             msg = re.sub(r"\d+(\.\d+)?", "N", line.split(m.group(1), 1)[1])[:140]
             messages[msg.strip()] += 1
     cycle_lines = [line for line in lines if "cycle (" in line]
+    timed = [(float(m.group(1)), line) for line in cycle_lines if (m := re.search(r" in ([0-9.]+)s\b", line))]
+    longest = max(timed, default=(None, ""))
     return {"lines": len(lines), "levels": dict(levels), "top_messages": messages.most_common(8),
-            "cycle_log_lines": len(cycle_lines), "last_cycle_lines": cycle_lines[-3:]}
+            "cycle_log_lines": len(cycle_lines), "last_cycle_lines": cycle_lines[-3:],
+            "longest_logged_cycle_s": longest[0], "longest_logged_cycle": longest[1][-160:]}
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -786,8 +791,10 @@ def table(r: dict[str, Any]) -> str:
         rows.append((f"{p['aitasks']} finished AITasks: operator RSS",
                      f"{p['rss_mib']} MiB ({p['rss_kib_per_aitask_above_empty']} KiB each above the empty "
                      f"{r.get('operator_rss_empty_mib')} MiB)"))
+        f = p["cycle_during_fill"]
         rows.append(("  filling up to it", f"{p['filled']} AITasks in {p['fill_s']} s, "
-                                           f"{p['operator_cpu_s_per_filled_aitask']} operator CPU-s each"))
+                                           f"{p['operator_cpu_s_per_filled_aitask']} operator CPU-s each; "
+                                           f"{f['cycles']} cycles, mean {f['mean_s']} s"))
         rows.append((f"  cycles during a {p['probe']['n']}-AITask probe",
                      f"{c['cycles']} cycles, mean {c['mean_s']} s, p50 <= {c['p50_le_s']} s, p99 <= {c['p99_le_s']} s; "
                      f"probe create -> Job p50 {p['probe']['create_to_job_p50_s']} s"))
@@ -806,6 +813,16 @@ def table(r: dict[str, Any]) -> str:
                      f"{s['timeout_s']:g} s)"))
         rows.append(("  new AITask -> its Job", f"{s['new_aitask_job_s']} s"))
         rows.append(("  /readyz, /healthz meanwhile (0 = no answer)", ch))
+    ol = r.get("operator_log") or {}
+    if ol.get("longest_logged_cycle_s") is not None:
+        rows.append(("longest cycle in the operator log", f"{ol['longest_logged_cycle_s']} s: "
+                                                          f"{ol['longest_logged_cycle'].split('] ')[-1]}"))
+    if ol.get("levels"):
+        rows.append(("operator log warnings/errors", str(ol["levels"])))
+    j = r.get("jobs")
+    if j:
+        rows.append(("AITasks created / with a Job / with more than one",
+                     f"{j['aitasks_created']} / {j['aitasks_with_a_job']} / {j['aitasks_with_more_than_one_job']}"))
     if r.get("errors"):
         rows.append(("FAILED phases", "; ".join(r["errors"])))
     width = max(len(k) for k, _ in rows)
