@@ -363,7 +363,11 @@ class Audit:
                     continue
                 ref = ev.get("objectRef") or {}
                 res = ref.get("resource", "") + (f"/{ref['subresource']}" if ref.get("subresource") else "")
-                out[actor(ev)][f"{res} {ev['verb']}"] += 1
+                who = actor(ev)
+                out[who][f"{res} {ev['verb']}"] += 1
+                if who == "operator":  # which of its clients: Kopf's (aiohttp) or the kubernetes client
+                    agent = ev.get("userAgent", "").split("/", 1)[0] or "unknown"
+                    out[f"operator[{agent}]"][f"{res} {ev['verb']}"] += 1
         return out
 
 
@@ -783,6 +787,12 @@ def table(r: dict[str, Any]) -> str:
     if w:
         rows.append(("writes per AITask, audit (operator's own)",
                      f"{w['audit_operator_total']}: " + ", ".join(f"{k} {v}" for k, v in w["audit_operator"].items())))
+        n = r["burst"]["n"] if r.get("burst") else 1
+        clients = {k: round(sum(v.values()) / n, 2) for k, v in w["audit_by_actor_aitask_window"].items()
+                   if k.startswith("operator[")}
+        if clients:
+            rows.append(("  by the operator's client (user agent)",
+                         ", ".join(f"{k[9:-1]} {v}" for k, v in clients.items())))
         rows.append(("writes per AITask, apiserver_request_total - plain baseline (no heartbeats)",
                      f"{w['metric_minus_plain_baseline_total']}: "
                      + ", ".join(f"{k} {v}" for k, v in w["metric_minus_plain_baseline"].items())))
