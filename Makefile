@@ -65,6 +65,11 @@ gantt: ## redraw docs/img/simulate-gantt.png from `aitask simulate` on the sampl
 bench: ## run the benchmarks (ratios measured in one run)
 	for b in quality heterogeneity learning speed; do $(PY) bench/$$b.py || exit 1; done
 
+SCALE_ARGS ?=
+.PHONY: scale
+scale: setup ## cluster-scale benchmark on the local control plane (issue 9 sizes; SCALE_ARGS=--small for ~10 min)
+	$(PY) bench/scale.py --json .e2e/scale.json $(SCALE_ARGS)
+
 # ---- chart, manifests, image, kind (issue 6) ------------------------------------------------------------
 HELM_BIN = $(shell bash e2e/tools/build.sh | tail -n1)/helm
 

@@ -236,6 +236,51 @@ def _insecure_context() -> ssl.SSLContext:
     return ctx
 
 
+def _component_args(api_qps: int | None,
+                    extra_args: Mapping[str, Sequence[str]] | None) -> dict[str, list[str]]:
+    """Extra flags per component: the client rate limits of KCM and scheduler, then ``extra_args``."""
+    known = {"etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok"}
+    unknown = set(extra_args or {}) - known
+    if unknown:
+        raise ClusterError(f"extra_args for unknown components {sorted(unknown)}; known: {sorted(known)}")
+    out: dict[str, list[str]] = {name: [] for name in known}
+    if api_qps is not None:
+        for name in ("kube-controller-manager", "kube-scheduler"):
+            out[name] += [f"--kube-api-qps={api_qps}", f"--kube-api-burst={2 * api_qps}"]
+    for name, args in (extra_args or {}).items():
+        out[name] += list(args)
+    return out
+
+
+def cpu_nodes_yaml(count: int, *, cpu: int = 64, memory_gib: int = 256, pods: int = 1000,
+                   prefix: str = "cpu-scale") -> str:
+    """``count`` fake CPU nodes (``aitask.dev/pool: cpu``, the pool of the ``cpu`` ExecutorClass) of
+    ``cpu`` cores, ``memory_gib`` GiB and room for ``pods`` pods each, spread over three zones, as a
+    manifest for ``Cluster.start(nodes=...)``: for scale runs where e2e/nodes.yaml's three CPU nodes
+    (110 pods each) would be the limit."""
+    docs = []
+    for i in range(count):
+        name = f"{prefix}-{i}"
+        resources = {"cpu": str(cpu), "memory": f"{memory_gib}Gi", "ephemeral-storage": "500Gi", "pods": str(pods)}
+        docs.append({
+            "apiVersion": "v1", "kind": "Node",
+            "metadata": {
+                "name": name,
+                "annotations": {"node.alpha.kubernetes.io/ttl": "0", "kwok.x-k8s.io/node": "fake"},
+                "labels": {"type": "kwok", "kubernetes.io/hostname": name, "kubernetes.io/os": "linux",
+                           "kubernetes.io/arch": "amd64", "node.kubernetes.io/instance-type": "c7i.16xlarge",
+                           "topology.kubernetes.io/region": "us-east-1",
+                           "topology.kubernetes.io/zone": f"us-east-1{'abc'[i % 3]}", "aitask.dev/pool": "cpu"},
+            },
+            "status": {"capacity": resources, "allocatable": resources,
+                       "nodeInfo": {"architecture": "amd64", "operatingSystem": "linux", "kubeletVersion": "fake",
+                                    "kubeProxyVersion": "fake", "containerRuntimeVersion": "kwok",
+                                    "osImage": "kwok", "kernelVersion": "", "machineID": "", "systemUUID": "",
+                                    "bootID": ""}},
+        })
+    return yaml.safe_dump_all(docs, sort_keys=False)
+
+
 # --------------------------------------------------------------------------------------------------------
 # PKI and kubeconfigs
 
@@ -317,13 +362,20 @@ class Cluster:
     @classmethod
     def start(cls, dir: Path | str | None = None, *, nodes: Path | str = NODES_YAML,
               stages: Sequence[Path | str] = (STAGES_YAML,), bin_dir: Path | None = None,
-              timeout: float = 180.0, detached: bool = False) -> Cluster:
+              timeout: float = 180.0, detached: bool = False, api_qps: int | None = None,
+              extra_args: Mapping[str, Sequence[str]] | None = None) -> Cluster:
         """Starts etcd, kube-apiserver, kube-controller-manager, kube-scheduler and kwok in ``dir`` (a new
         temporary folder when None), creates the nodes of ``nodes`` and returns once every one of them is
         Ready and untainted by the node lifecycle controller and ``default/default`` ServiceAccount exists.
         On failure everything started is stopped and ClusterError carries the component log tails.
 
-        The components die with the calling thread's process unless ``detached`` (what ``up`` uses)."""
+        The components die with the calling thread's process unless ``detached`` (what ``up`` uses).
+
+        For scale runs: ``api_qps`` raises the client rate limits of kube-controller-manager and
+        kube-scheduler (``--kube-api-qps=api_qps --kube-api-burst=2*api_qps``; their defaults are 20/30
+        and 50/100, which cap the Job controller at ~20 requests/s); ``extra_args`` maps a component
+        name (``etcd``, ``kube-apiserver``, ``kube-controller-manager``, ``kube-scheduler``, ``kwok``)
+        to more command-line flags, appended last. Neither changes anything when left at None."""
         t0 = time.monotonic()
         deadline = t0 + timeout
         root = Path(tempfile.mkdtemp(prefix="aitask-e2e-")) if dir is None else Path(dir).resolve()
@@ -343,7 +395,8 @@ class Cluster:
                       ports=ports, procs=[], node_names=[d["metadata"]["name"] for d in node_docs],
                       detached=detached)
         try:
-            cluster._boot(Path(nodes), [Path(s) for s in stages], pki, logs, run, t0, deadline)
+            cluster._boot(Path(nodes), [Path(s) for s in stages], pki, logs, run, t0, deadline,
+                          _component_args(api_qps, extra_args))
         except BaseException as exc:
             report = cluster.logs()
             stop_processes(cluster.procs, timeout=5, popens=cluster._popens)
@@ -355,8 +408,9 @@ class Cluster:
         return cluster
 
     def _boot(self, nodes: Path, stages: list[Path], pki: Path, logs: Path, run: Path, t0: float,
-              deadline: float) -> None:
+              deadline: float, more: Mapping[str, Sequence[str]] | None = None) -> None:
         b, p = self.bin_dir, self.ports
+        more = more or {}
 
         def mark(what: str) -> None:
             self.timings[what] = round(time.monotonic() - t0, 2)
@@ -369,7 +423,7 @@ class Cluster:
             f"--listen-peer-urls={peer_url}", f"--initial-advertise-peer-urls={peer_url}",
             f"--initial-cluster=e2e={peer_url}", "--unsafe-no-fsync=true", "--log-level=warn",
             "--quota-backend-bytes=8589934592", "--auto-compaction-mode=periodic",
-            "--auto-compaction-retention=5m",
+            "--auto-compaction-retention=5m", *more.get("etcd", ()),
         ], logs, self._popens, detached=self.detached))
         self.token = _write_pki(pki)  # overlaps with etcd's start
         ca = pki / "ca.pem"
@@ -402,6 +456,7 @@ class Cluster:
             "--requestheader-group-headers=X-Remote-Group", "--requestheader-extra-headers-prefix=X-Remote-Extra-",
             f"--proxy-client-cert-file={pki / 'front-proxy-client.pem'}",
             f"--proxy-client-key-file={pki / 'front-proxy-client-key.pem'}",
+            *more.get("kube-apiserver", ()),
         ], logs, self._popens, detached=self.detached))
         ctx = ssl.create_default_context(cafile=str(ca))
         poll_until("kube-apiserver /readyz",
@@ -419,19 +474,20 @@ class Cluster:
             "--controllers=*", "--use-service-account-credentials=true",
             f"--service-account-private-key-file={pki / 'sa.key'}", f"--root-ca-file={ca}",
             f"--cluster-signing-cert-file={ca}", f"--cluster-signing-key-file={pki / 'ca-key.pem'}",
-            f"--service-cluster-ip-range={SERVICE_CIDR}",
+            f"--service-cluster-ip-range={SERVICE_CIDR}", *more.get("kube-controller-manager", ()),
         ], logs, self._popens, detached=self.detached))
         self._add(_spawn("kube-scheduler", [
             str(b / "kube-scheduler"), *common, f"--secure-port={p['kube-scheduler']}",
             f"--kubeconfig={sched_kc}", f"--authentication-kubeconfig={sched_kc}",
             f"--authorization-kubeconfig={sched_kc}", f"--cert-dir={run / 'scheduler-certs'}",
+            *more.get("kube-scheduler", ()),
         ], logs, self._popens, detached=self.detached))
         stage_files = [b / "kwok-stages" / s for s in STOCK_STAGES] + stages
         self._add(_spawn("kwok", [
             str(b / "kwok"), f"--kubeconfig={self.kubeconfig}",
             "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
             "--node-lease-duration-seconds=40", f"--cidr={POD_CIDR}", "--node-ip=10.255.0.1",
-            *[f"--config={f}" for f in stage_files],
+            *[f"--config={f}" for f in stage_files], *more.get("kwok", ()),
         ], logs, self._popens, detached=self.detached))
         self.kubectl("create", "-f", str(nodes))
 
@@ -751,7 +807,12 @@ def _cmd_up(args: argparse.Namespace) -> int:
         shutil.rmtree(root)
     print(f"starting the control plane in {root} ...", flush=True)
     try:
-        cluster = Cluster.start(root, nodes=args.nodes, timeout=args.timeout, detached=True)
+        nodes = args.nodes
+        if args.cpu_nodes:
+            root.mkdir(parents=True, exist_ok=True)
+            nodes = root / "nodes-cpu-scale.yaml"
+            nodes.write_text(cpu_nodes_yaml(args.cpu_nodes))
+        cluster = Cluster.start(root, nodes=nodes, timeout=args.timeout, detached=True, api_qps=args.api_qps)
     except ClusterError as err:
         print(f"FAILED: {err}", file=sys.stderr)
         return 1
@@ -816,6 +877,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if name == "up":
             p.add_argument("--nodes", default=str(NODES_YAML), help="Node manifests (default e2e/nodes.yaml)")
             p.add_argument("--timeout", type=float, default=180.0, help="start-up deadline, seconds")
+            p.add_argument("--cpu-nodes", type=int, default=0,
+                           help="instead of --nodes: this many generated 64-core CPU nodes (scale runs)")
+            p.add_argument("--api-qps", type=int, default=None,
+                           help="raise KCM/scheduler --kube-api-qps (burst twice it), e.g. 500 for scale runs")
     args = parser.parse_args(argv)
     handler = {"up": _cmd_up, "down": _cmd_down, "status": _cmd_status}[args.command]
     return handler(args)

@@ -24,9 +24,14 @@ class Operator:
     """One operator process watching one namespace; its log is kept for failure reports."""
 
     def __init__(self, cluster: Cluster, namespace: str, log_dir: Path, env: Mapping[str, str] | None = None,
-                 *, name: str = "operator", standalone: bool = True):
+                 *, name: str = "operator", standalone: bool = True, verbose: bool = True,
+                 test_timings: bool = True):
+        """``verbose`` passes ``-v`` (DEBUG logs); ``test_timings`` sets the short scheduling period and
+        retry back-off the suites rely on. Scale runs turn both off to measure the operator's defaults."""
         self.name = name
         self.standalone = standalone
+        self.verbose = verbose
+        self.test_timings = test_timings
         self.cluster = cluster
         self.namespace = namespace
         self.log_dir = log_dir
@@ -45,8 +50,8 @@ class Operator:
             **self.cluster.env(),
             "AITASK_METRICS_HOST": "127.0.0.1",
             "AITASK_METRICS_PORT": str(self.metrics_port),
-            "AITASK_SCHEDULING_PERIOD_SECONDS": "1",
-            "AITASK_RETRY_BACKOFF_MAX_SECONDS": "5",
+            **({"AITASK_SCHEDULING_PERIOD_SECONDS": "1", "AITASK_RETRY_BACKOFF_MAX_SECONDS": "5"}
+               if self.test_timings else {}),
             "PYTHONUNBUFFERED": "1",
             **self.extra_env,
         }
@@ -56,7 +61,7 @@ class Operator:
         log.flush()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "aitask", "run", *(["--standalone"] if self.standalone else []),
-             "-n", self.namespace, "-v"],
+             "-n", self.namespace, *(["-v"] if self.verbose else [])],
             cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
         log.close()
@@ -80,6 +85,15 @@ class Operator:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(10)
         self.proc = None
+
+    @property
+    def pid(self) -> int | None:
+        """The operator's Python process (it leads its own process group), for /proc/PID readings."""
+        return self.proc.pid if self.proc is not None and self.proc.poll() is None else None
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.metrics_port}"
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
