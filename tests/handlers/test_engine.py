@@ -248,3 +248,23 @@ def test_a_409_from_a_job_of_another_class_records_nothing_until_it_is_adopted(
     asyncio.run(eng.run(indexes([task()]), "admit"))
     assert [v for v, _ in api.calls] == ["create_job", "class_status"]
     assert "ns/t" not in eng.written  # the next cycle decides from what the watch shows (and adopts the Job)
+
+
+def test_a_ttl_patch_is_not_resent_while_the_watch_catches_up(monkeypatch: pytest.MonkeyPatch) -> None:
+    api = FakeApi(monkeypatch)
+    eng = engine()
+    finished = task({"phase": "Succeeded", "observedGeneration": 1})
+    done = job_view({"metadata": {"name": "t-a-1", "namespace": "ns", "labels": {
+        "aitask.dev/task": "t", "aitask.dev/subtask": "a", "aitask.dev/attempt": "1", "aitask.dev/class": "cpu"}},
+        "status": {"succeeded": 1, "completionTime": "2026-01-01T00:00:09Z",
+                   "conditions": [{"type": "Complete", "status": "True"}]}})
+    for _ in range(3):  # the watch still shows the Job without its TTL
+        asyncio.run(eng.run(indexes([finished], [done]), "again"))
+    assert [c for c in api.calls if c[0] == "expire_job"] == [("expire_job", "t-a-1:77")]
+
+
+def test_the_overlay_holds_until_the_watch_shows_our_write_or_later() -> None:
+    from aitask.handlers.scheduler import _at_least
+
+    assert _at_least("6", "6") and _at_least("10", "9") and not _at_least("5", "6")
+    assert not _at_least(None, "6") and not _at_least("abc", "6")

@@ -304,3 +304,15 @@ def test_the_status_carries_the_critical_path_estimate() -> None:
     done = [s.model_copy(update={"plan": c_plan}) if s.name == "c" else s for s in done]
     assert b.plan is None
     assert progress.estimated_seconds(task, done) == pytest.approx(605.0)  # a (actual) then c, the longer branch
+
+
+def test_a_job_we_created_is_not_taken_for_lost_however_late_the_watch_shows_it() -> None:
+    first = run_cycle(view([body("t", [CPU_STEP])]), CycleParams(), NOW).tasks[0]
+    assert first.status is not None
+    name = first.create_jobs[0]["metadata"]["name"]
+    later = NOW + timedelta(seconds=300)  # far past the visibility grace
+    t = body("t", [CPU_STEP], status=first.status)
+    lost = run_cycle(view([t]), CycleParams(), later).tasks[0]
+    assert lost.status is not None and lost.status["subtasks"][0]["history"][0]["result"] == "Failed"
+    waiting = run_cycle(view([t], unseen_jobs={"ns": frozenset({name})}), CycleParams(), later).tasks
+    assert all(o.status is None and not o.create_jobs for o in waiting)

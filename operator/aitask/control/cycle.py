@@ -100,6 +100,8 @@ class ClusterView:
     telemetry_message: str = ""
     # Tasks whose child Job the API server refused (422/400): key -> (generation, message).
     rejected: Mapping[str, tuple[int | None, str]] = field(default_factory=dict)
+    # Jobs the operator created that the watch has not shown yet: namespace -> names.
+    unseen_jobs: Mapping[str, frozenset[str]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -439,7 +441,8 @@ def progress_phase(
         def step(
             key: str = key, task: AITask = task, tjobs: list[JobView] = tjobs, tpods: list[PodView] = tpods
         ) -> None:
-            sig = (cache.parsed[key][4], tuple(tjobs), tuple(tpods))
+            unseen = view.unseen_jobs.get(task.metadata.namespace or "", frozenset())
+            sig = (cache.parsed[key][4], tuple(tjobs), tuple(tpods), unseen)
             hit = cache.derived.get(key)
             if hit is not None and hit[0] == sig and (hit[1] is None or work.now < hit[1]):
                 prog = hit[2]
@@ -452,6 +455,7 @@ def progress_phase(
                     work.now,
                     backoff_max_seconds=params.backoff_max_seconds,
                     backoff_seconds=params.backoff_seconds,
+                    unseen=unseen,
                 )
                 work.derived += 1
             wake = progress.next_change(task, prog.status, tjobs)

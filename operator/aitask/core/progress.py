@@ -153,8 +153,13 @@ def derive(
     *,
     backoff_max_seconds: float = 300.0,
     backoff_seconds: float = 10.0,
+    unseen: frozenset[str] = frozenset(),
 ) -> TaskProgress:
-    """Compute the task's next status and actions from what the cluster shows now."""
+    """Compute the task's next status and actions from what the cluster shows now.
+
+    ``unseen`` names Jobs the operator created that the watch has not shown yet: whatever the
+    watch's delay, such a Job is never taken for one deleted outside the operator.
+    """
     spec = task.spec
     prev = task.status
     created = task.metadata.creation_timestamp or now
@@ -222,7 +227,7 @@ def derive(
             plan = st.plan
             if current is None:
                 admitted = attempt.start_time or st.start_time or now
-                if now - admitted > JOB_VISIBILITY_GRACE:
+                if now - admitted > JOB_VISIBILITY_GRACE and (st.job or "") not in unseen:
                     attempt = _upd(
                         attempt,
                         result=AttemptResult.FAILED,

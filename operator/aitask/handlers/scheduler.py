@@ -56,7 +56,12 @@ from aitask.settings import OperatorSettings, load_settings
 
 log = logging.getLogger("aitask.scheduler")
 SETTINGS = load_settings()
-_STATUS_CACHE_SECONDS = 30.0
+# A decided status stays overlaid until the watch shows it (or anything newer); this long at most.
+_STATUS_CACHE_SECONDS = 300.0
+# A Job patch (TTL) or delete already sent is not sent again this soon while the watch catches up.
+_RESEND_SECONDS = 120.0
+# A Job we created and the watch has not shown: forgotten (taken as lost) after this long.
+_UNSEEN_SECONDS = 600.0
 MAX_FAILED_CYCLES = 5
 DEBOUNCE_SECONDS = 0.2
 # A Job the API server refuses with these codes will be refused again: the task becomes Invalid.
@@ -108,6 +113,8 @@ class Engine:
     periodic_task: asyncio.Task[None] | None = None
     informers: Informers | None = None
     finalizers_removed: set[str] = field(default_factory=set)
+    sent: dict[tuple[str, str, str], float] = field(default_factory=dict)  # (verb, ns, job) -> when
+    created: dict[tuple[str, str], float] = field(default_factory=dict)  # (ns, job) created, not seen yet
 
     def healthy(self) -> bool:
         """Liveness: a few failed cycles in a row (an API outage, a bug) make a restart worthwhile."""
@@ -268,7 +275,7 @@ class Engine:
                 key = f"{entry.namespace}/{entry.name}"
                 seen.add(key)
                 over = self.written.get(key)
-                if over is not None and (over.written_rv is None or now - over.at <= _STATUS_CACHE_SECONDS):
+                if over is not None and over.written_rv is None:
                     continue  # finished per the watch, but a decision about it is still being written
                 self.written.pop(key, None)
                 finished.append(entry)
@@ -278,7 +285,7 @@ class Engine:
             seen.add(key)
             over = self.written.get(key)
             if over is not None:
-                caught_up = over.written_rv is not None and meta.get("resourceVersion") == over.written_rv
+                caught_up = over.written_rv is not None and _at_least(meta.get("resourceVersion"), over.written_rv)
                 expired = over.written_rv is not None and now - over.at > _STATUS_CACHE_SECONDS
                 if caught_up or expired:
                     self.written.pop(key, None)
@@ -322,6 +329,7 @@ class Engine:
                 classes=_values(indexes["executorclass_index"]),
                 rejected=dict(self.rejected),
             )
+            view = replace(view, unseen_jobs=self._unseen(view.jobs))
             now = datetime.now(UTC)
             self.maybe_sample(view, now)
             view = replace(
@@ -364,6 +372,30 @@ class Engine:
                 outcome.stats.derived,
                 duration,
             )
+
+    def _unseen(self, jobs: Iterable[JobView]) -> dict[str, frozenset[str]]:
+        """Jobs this process created that the watch has not delivered yet (forgotten once seen)."""
+        if not self.created:
+            return {}
+        seen = {(j.namespace, j.name) for j in jobs}
+        now = time.monotonic()
+        for key in [k for k, at in self.created.items() if k in seen or now - at > _UNSEEN_SECONDS]:
+            del self.created[key]
+        out: dict[str, set[str]] = {}
+        for ns, name in self.created:
+            out.setdefault(ns, set()).add(name)
+        return {ns: frozenset(names) for ns, names in out.items()}
+
+    def _once(self, verb: str, namespace: str, job: str) -> bool:
+        """True when this Job write was not sent recently (the watch may not show its effect yet)."""
+        now = time.monotonic()
+        if len(self.sent) > 10_000:
+            self.sent = {k: at for k, at in self.sent.items() if now - at <= _RESEND_SECONDS}
+        at = self.sent.get((verb, namespace, job))
+        if at is not None and now - at <= _RESEND_SECONDS:
+            return False
+        self.sent[(verb, namespace, job)] = now
+        return True
 
     # ------------------------------------------------------------------ writes
 
@@ -425,7 +457,8 @@ class Engine:
                 self._abandon(out, serial)
                 return
         for job in out.delete_jobs:
-            await kube.delete_job(out.namespace, job)
+            if self._once("delete", out.namespace, job):
+                await kube.delete_job(out.namespace, job)
         if out.status is not None:
             result = await kube.patch_task_status(out.namespace, out.name, out.status)
             if result is None:
@@ -441,7 +474,8 @@ class Engine:
         for retry in out.retries:
             metrics.record_retry(out.namespace, retry.class_name, retry.after.label)
         for job in out.expire_jobs:
-            await kube.expire_job(out.namespace, job, self.settings.job_ttl_seconds)
+            if self._once("expire", out.namespace, job):
+                await kube.expire_job(out.namespace, job, self.settings.job_ttl_seconds)
         for event in out.events:
             await kube.post_event(
                 namespace=out.namespace,
@@ -456,14 +490,17 @@ class Engine:
     async def _create(self, out: TaskOutcome, manifest: Mapping[str, Any]) -> bool:
         """Create one Job; False when the decision that asked for it must not be recorded."""
         name = manifest["metadata"]["name"]
+        self.created[(out.namespace, name)] = time.monotonic()
         try:
             created = await kube.create_job(manifest)
         except ApiException as err:
             if err.status not in _REJECTED:
+                self.created.pop((out.namespace, name), None)
                 raise
             message = f"the API server refused the child Job {name}: {kube.error_message(err)}"
             log.warning("%s: %s", out.key, message)
             self.rejected[out.key] = (out.generation, message)
+            self.created.pop((out.namespace, name), None)
             return False
         if created:
             return True
@@ -539,6 +576,22 @@ class Engine:
             except Exception:  # noqa: BLE001 - a detached task: nobody else would see it; the timer retries
                 metrics.record_reconcile_error("Cycle", "unexpected")
                 log.exception("scheduling cycle (%s) failed; the periodic cycle will try again", self.dirty_reason)
+
+
+def _at_least(version: str | None, wanted: str) -> bool:
+    """Whether the watch shows ``wanted`` or a later resourceVersion.
+
+    Equal is exact. resourceVersions are opaque, but the API server's are etcd revisions, whole
+    numbers that only grow; a relist can skip straight past ours, so a larger number counts too.
+    """
+    if version is None:
+        return False
+    if version == wanted:
+        return True
+    try:
+        return int(version) > int(wanted)
+    except ValueError:
+        return False
 
 
 def engine(memo: kopf.Memo) -> Engine:
