@@ -316,3 +316,36 @@ def test_a_job_we_created_is_not_taken_for_lost_however_late_the_watch_shows_it(
     assert lost.status is not None and lost.status["subtasks"][0]["history"][0]["result"] == "Failed"
     waiting = run_cycle(view([t], unseen_jobs={"ns": frozenset({name})}), CycleParams(), later).tasks
     assert all(o.status is None and not o.create_jobs for o in waiting)
+
+
+def test_a_one_step_task_costs_two_status_writes_and_two_events() -> None:
+    """Admission and success. Seeing the Job is no news, nor its pod bound where it was planned."""
+    writes, events = 0, []
+    out = run_cycle(view([body("t", [CPU_STEP])]), CycleParams(), NOW).tasks[0]
+    status = out.status
+    writes += 1
+    events += [e.reason for e in out.events]
+    manifest = out.create_jobs[0]
+    job = job_view({**manifest, "status": {"active": 1, "startTime": "2026-01-01T00:00:01Z"}})
+    pod = PodView(namespace="ns", name="p", job=manifest["metadata"]["name"], node="p1", phase="Running",
+                  terminated_reason="", exit_code=None, deleting=False, requests={"cpu": "1"}, managed=True)
+    done = job_view({**manifest, "status": {"succeeded": 1, "startTime": "2026-01-01T00:00:01Z",
+                                            "completionTime": "2026-01-01T00:00:09Z",
+                                            "conditions": [{"type": "Complete", "status": "True"}]}})
+    steps = [([job], []), ([job], [pod]), ([done], [replace_phase(pod, "Succeeded")])]
+    for i, (jobs, pods) in enumerate(steps, start=1):
+        out = run_cycle(view([body("t", [CPU_STEP], status=status)], jobs=jobs, pods=pods), CycleParams(),
+                        NOW + timedelta(seconds=i)).tasks[0]
+        if out.status is not None:
+            writes += 1
+            status = out.status
+            events += [e.reason for e in out.events]
+    assert status is not None and status["phase"] == "Succeeded"
+    assert writes == 2
+    assert events == ["AttemptStarted", "AllSucceeded"]
+
+
+def replace_phase(pod: PodView, phase: str) -> PodView:
+    from dataclasses import replace as dc_replace
+
+    return dc_replace(pod, phase=phase)

@@ -187,7 +187,7 @@ class CycleOutcome:
 class CycleCache:
     """Parsed tasks and derived progress kept between cycles (owned by the caller, plain data)."""
 
-    # key -> (uid, resourceVersion, generation), the status object parsed, the result, its serial number
+    # key -> (uid, generation, deleting), the status object parsed, the result, its serial number
     parsed: dict[str, tuple[tuple[Any, ...], Any, AITask | None, str, int]] = field(default_factory=dict)
     # key -> (parse serial, Jobs, pods), when it must be derived again at the latest, the result
     derived: dict[str, tuple[tuple[Any, ...], datetime | None, TaskProgress]] = field(default_factory=dict)
@@ -392,7 +392,9 @@ def parse_phase(view: ClusterView, work: _Work, cache: CycleCache) -> None:
                 work.outcomes.append(done)
             continue
         work.bodies[key] = body
-        sig = (meta.get("uid"), meta.get("resourceVersion"), meta.get("generation"))
+        # Not the resourceVersion: when the watch brings back our own status write, the AITask is
+        # the one already parsed (same spec generation, equal status) and its progress still holds.
+        sig = (meta.get("uid"), meta.get("generation"), bool(meta.get("deletionTimestamp")))
         status_obj = body.get("status")
         hit = cache.parsed.get(key)
         if hit is not None and hit[0] == sig and (hit[1] is status_obj or hit[1] == status_obj):
@@ -777,7 +779,8 @@ def decisions_phase(
             ns = task.metadata.namespace or ""
             work.count(ns, decision.status.phase)
             wire_new = wire(decision.status)
-            changed = wire_new != wire(task.status)
+            raw = work.bodies[key].get("status") or {}
+            changed = wire_new != raw and wire_new != wire(task.status)
             expire = _recorded_finished_jobs(work.jobs.get(key, []), decision.status.subtasks)
             work.outcomes.append(
                 TaskOutcome(

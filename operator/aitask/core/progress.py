@@ -61,10 +61,25 @@ def _adopted_plan(job: JobView) -> Plan:
     )
 
 
+_HASHES: dict[int, tuple[Subtask, str]] = {}
+_MAX_HASHES = 100_000
+
+
 def subtask_hash(sub: Subtask) -> str:
-    """A stable fingerprint of a sub-task's spec, to notice edits of a running sub-task."""
+    """A stable fingerprint of a sub-task's spec, to notice edits of a running sub-task.
+
+    Memoised per (immutable) Subtask object: the cycle keeps parsed AITasks between cycles,
+    and hashing the spec was a tenth of a busy cycle.
+    """
+    hit = _HASHES.get(id(sub))
+    if hit is not None and hit[0] is sub:
+        return hit[1]
     blob = json.dumps(sub.wire(), sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+    digest = hashlib.sha256(blob.encode()).hexdigest()[:16]
+    if len(_HASHES) >= _MAX_HASHES:
+        _HASHES.clear()
+    _HASHES[id(sub)] = (sub, digest)
+    return digest
 
 
 @dataclass(frozen=True)
@@ -304,14 +319,14 @@ def derive(
                         attempt = _upd(attempt, learned=True)
                     st = _after_failure(sub, st, attempt, classes, now, (backoff_seconds, backoff_max_seconds), events)
                 else:
-                    attempt = _upd(attempt, start_time=start)
-                    st = _upd(
-                        st,
-                        nodes=nodes or st.nodes,
-                        start_time=st.start_time or start,
-                        message=f"attempt {number} running on {current.class_name}"
-                        + (f" ({', '.join(nodes)})" if nodes else ""),
-                    )
+                    attempt = _upd(attempt, start_time=attempt.start_time or start)
+                    if nodes and nodes != st.nodes:  # where it runs: news once its pods are bound
+                        st = _upd(
+                            st,
+                            nodes=nodes,
+                            start_time=st.start_time or start,
+                            message=f"attempt {number} running on {current.class_name} ({', '.join(nodes)})",
+                        )
             recorded = history.get(number)
             if attempt.result != AttemptResult.RUNNING and (
                 recorded is None or recorded.result == AttemptResult.RUNNING
@@ -562,7 +577,15 @@ def _task_level(
             now=now,
             generation=gen,
         )
-        events.append(EventSpec("Normal", Reason.ALL_SUCCEEDED, f"all {total} sub-tasks succeeded"))
+        # The attempts that ended the task are told in its one closing Event, not in one each.
+        last = [e for e in events if e.reason == Reason.ATTEMPT_SUCCEEDED]
+        events[:] = [e for e in events if e.reason != Reason.ATTEMPT_SUCCEEDED]
+        detail = "; ".join(e.message for e in last)
+        events.append(
+            EventSpec(
+                "Normal", Reason.ALL_SUCCEEDED, f"all {total} sub-tasks succeeded" + (f" ({detail})" if detail else "")
+            )
+        )
     if phase == TaskPhase.FAILED:
         # Free what is still held: stop running attempts, skip what never started.
         fixed: dict[str, SubtaskStatus] = {}
