@@ -43,8 +43,8 @@ class OperatorSettings(BaseSettings):
     api_concurrency: int = Field(
         16, ge=1, le=256, description="AITasks whose writes (Jobs, status, Events) may be in flight at once."
     )
-    api_qps: float = Field(50.0, gt=0, description="Sustained Kubernetes API requests per second of the operator.")
-    api_burst: int = Field(100, ge=1, description="Requests the operator may send at once above api_qps.")
+    api_qps: float = Field(200.0, gt=0, description="Sustained Kubernetes API requests per second of the operator.")
+    api_burst: int = Field(400, ge=1, description="Requests the operator may send at once above api_qps.")
     gpu_util_low_percent: float = Field(
         30.0, ge=0, le=100, description="Average GPU utilisation under which a class is deemed oversized."
     )

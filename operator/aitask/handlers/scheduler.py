@@ -63,7 +63,7 @@ _RESEND_SECONDS = 120.0
 # A Job we created and the watch has not shown: forgotten (taken as lost) after this long.
 _UNSEEN_SECONDS = 600.0
 MAX_FAILED_CYCLES = 5
-DEBOUNCE_SECONDS = 0.2
+DEBOUNCE_SECONDS = 0.05
 # A Job the API server refuses with these codes will be refused again: the task becomes Invalid.
 _REJECTED = (400, 422)
 LEGACY_FINALIZER = "aitask.dev/finalizer"
