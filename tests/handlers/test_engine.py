@@ -268,3 +268,25 @@ def test_the_overlay_holds_until_the_watch_shows_our_write_or_later() -> None:
 
     assert _at_least("6", "6") and _at_least("10", "9") and not _at_least("5", "6")
     assert not _at_least(None, "6") and not _at_least("abc", "6")
+
+
+def test_a_manifest_the_client_refuses_makes_the_task_invalid_and_stops_nothing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    api = FakeApi(monkeypatch)
+
+    async def create_job(manifest: dict[str, Any]) -> bool:
+        if manifest["metadata"]["name"].startswith("bad"):
+            raise ValueError("1 validation error for V1EnvVarSource")  # as the client's pydantic check does
+        api.calls.append(("create_job", manifest["metadata"]["name"]))
+        return True
+
+    monkeypatch.setattr(kube, "create_job", create_job)
+    bad = task()
+    bad["metadata"] = {**bad["metadata"], "name": "bad", "uid": "ub"}
+    eng = engine()
+    asyncio.run(eng.run(indexes([bad, task()]), "admit"))
+    assert ("create_job", "t-a-1") in api.calls and "ns/bad" in eng.rejected
+    assert eng.healthy()
+    asyncio.run(eng.run(indexes([bad]), "again"))
+    assert ("patch_status", "bad:Invalid") in api.calls

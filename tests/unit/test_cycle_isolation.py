@@ -349,3 +349,13 @@ def replace_phase(pod: PodView, phase: str) -> PodView:
     from dataclasses import replace as dc_replace
 
     return dc_replace(pod, phase=phase)
+
+
+def test_a_class_full_of_other_workloads_pods_is_not_planned_as_free() -> None:
+    """fast is the better class but every GPU of it is held by pods the operator did not start."""
+    foreign = [PodView(namespace="other", name=f"x{i}", job="", node="f1", phase="Running", terminated_reason="",
+                       exit_code=None, deleting=False, requests={"nvidia.com/gpu": "1", "cpu": "1"})
+               for i in range(4)]
+    step = {**GPU_STEP, "executor": {"accelerators": 1, "classes": ["fast", "cheap"]}}
+    out = run_cycle(view([body("t", [step])], pods=foreign), CycleParams(), NOW).tasks[0]
+    assert [m["metadata"]["labels"]["aitask.dev/class"] for m in out.create_jobs] == ["cheap"]

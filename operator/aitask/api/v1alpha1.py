@@ -371,7 +371,7 @@ class Subtask(Model):
         max_length=253,
         description="Workload profile key for learned runtimes; default: the image without its tag.",
     )
-    image: str = Field(min_length=1, description="Container image.")
+    image: str = Field(min_length=1, pattern=r"^\S+$", description="Container image (no whitespace).")
     command: list[str] = Field(default_factory=list, description="Entrypoint (overrides the image's).")
     args: list[str] = Field(default_factory=list, description="Arguments.")
     env: list[EnvVar] = Field(default_factory=list, description="Environment of the container.")

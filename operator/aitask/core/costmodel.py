@@ -290,6 +290,15 @@ def build_timeline(
     return Timeline(free, releases)
 
 
+def unknown_busy_units(
+    cls: ClassInfo, nodes: Sequence[NodeInfo], running: Iterable[Running], capacity: ClassCapacity
+) -> float:
+    """Units held by work the operator did not admit (other workloads' pods): of unknown length."""
+    free = sum(node_units(n, cls, free=True) for n in nodes if n.schedulable and cls.name in n.classes)
+    known = sum(running_units(item, cls) for item in running if item.class_name == cls.name)
+    return max(0.0, capacity.units - free - known)
+
+
 def backlog_unit_seconds(cls: ClassInfo, running: Iterable[Running]) -> float:
     """The admitted work still on the class: ``sum(remaining seconds * units)``."""
     backlog = 0.0

@@ -39,12 +39,14 @@ from __future__ import annotations
 import math
 
 from aitask.core.costmodel import (
+    UNKNOWN_BUSY_SECONDS,
     ClassCapacity,
     Timeline,
     backlog_unit_seconds,
     build_timeline,
     class_capacity,
     score_with_wait,
+    unknown_busy_units,
 )
 from aitask.core.scheduling import admit
 from aitask.core.scheduling.books import NodeBooks
@@ -88,8 +90,12 @@ class _Cycle:
             running = running_by_class.get(name, ())
             self.capacity[name] = cap
             self.timeline[name] = build_timeline(cls, class_nodes, running, cap)
-            if running:
-                self.backlog[name] = backlog_unit_seconds(cls, running)
+            # The plan sees units held by other workloads as backlog of the same unknown length the
+            # timeline assumes (UNKNOWN_BUSY_SECONDS): a class full of foreign pods is not planned as free.
+            backlog = backlog_unit_seconds(cls, running) if running else 0.0
+            backlog += UNKNOWN_BUSY_SECONDS * unknown_busy_units(cls, class_nodes, running, cap)
+            if backlog > 0:
+                self.backlog[name] = backlog
         self.evaluator = Evaluator(classes, self.capacity, snapshot.learned, params)
 
     def run(self) -> CycleResult:

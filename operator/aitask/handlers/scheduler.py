@@ -450,6 +450,10 @@ class Engine:
                 self._abandon(out, serial)
                 metrics.record_reconcile_error("AITask", f"api_{err.status}")
                 log.warning("writes of %s failed: %s %s", out.key, err.status, err.reason)
+            except Exception:  # noqa: BLE001 - a bug in one task's writes must not go unseen or stop others
+                self._abandon(out, serial)
+                metrics.record_reconcile_error("AITask", "write_error")
+                log.exception("writes of %s failed; the next cycle decides again", out.key)
 
     async def _write_ordered(self, out: TaskOutcome, serial: int) -> None:
         for manifest in out.create_jobs:
@@ -498,6 +502,12 @@ class Engine:
                 self.created.pop((out.namespace, name), None)
                 raise
             message = f"the API server refused the child Job {name}: {kube.error_message(err)}"
+            log.warning("%s: %s", out.key, message)
+            self.rejected[out.key] = (out.generation, message)
+            self.created.pop((out.namespace, name), None)
+            return False
+        except (ValueError, TypeError) as err:  # the client's own validation of the manifest (pydantic)
+            message = f"the child Job {name} is not a valid Job: {str(err)[:800]}"
             log.warning("%s: %s", out.key, message)
             self.rejected[out.key] = (out.generation, message)
             self.created.pop((out.namespace, name), None)
