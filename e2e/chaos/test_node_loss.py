@@ -22,7 +22,7 @@ from e2e.util import get, job_pods, list_objects, wait_for
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 CLASS = "a100-40gb"
 PRODUCT = "NVIDIA-A100-SXM4-40GB"
-SHARD_SECONDS = 75  # longer than PodGC's quarantine, so the lost pod cannot finish on its own first
+SHARD_SECONDS = 75  # longer than PodGC takes (40-60 s): the fake kubelet still finishes a pod whose node is gone
 
 
 @pytest.fixture
@@ -84,13 +84,14 @@ def test_node_of_a_running_shard_deleted(cluster: Cluster, namespace: str, opera
     table("node loss under a running GPU shard", {
         **result.rows(), "lost node": lost_node, "lost pods": len(lost_pods),
         "replacement pod s after node delete": round(replaced_after), "task done s after node delete":
-        round(finished_after), "Job failed pods (ignored)": jobs[0]["status"].get("failed", 0),
+        round(finished_after), "Job status.failed": jobs[0]["status"].get("failed", 0),
         "attempts": sub["attempts"], f"{CLASS} GPUs allocated before/during": f"{alloc_before:g}/{alloc_during:g}",
         "estimated cost": sub["plan"]["estimatedCost"], "actual cost": status["status"].get("actualCost"),
     })
     assert sub["attempts"] == 1 and len(history) == 1 and history[0]["result"] == "Succeeded", history
     assert [j["metadata"]["name"] for j in jobs] == [job]
-    assert jobs[0]["status"]["succeeded"] == 2 and jobs[0]["status"].get("failed", 0) >= 1
+    # The lost pods are not the program's fault: podFailurePolicy Ignore keeps them out of status.failed.
+    assert jobs[0]["status"]["succeeded"] == 2 and jobs[0]["status"].get("failed", 0) == 0
     for pod in new_pods:
         assert labels[pod["spec"]["nodeName"]].get("nvidia.com/gpu.product") == PRODUCT, pod["spec"]["nodeName"]
     assert alloc_before == 2 and alloc_during == 2, (alloc_before, alloc_during)
