@@ -131,8 +131,16 @@ def wait_all(cluster: Cluster, namespace: str, names: Sequence[str], phase: str,
         assert not final, f"tasks ended {final}"
         return tasks if all(p == phase for p in bad.values()) else None
 
+    def report() -> str:
+        tasks = tasks_by_name(cluster, namespace)
+        lines = [f"{n}/{s.get('name')}: {s.get('phase')}: {s.get('message', '')[:300]}"
+                 for n in names for s in (tasks.get(n, {}).get("status") or {}).get("subtasks") or []
+                 if s.get("phase") != phase]
+        return (f"phases: {dict(phases(cluster, namespace))}\n" + "\n".join(lines[:40]) + "\n"
+                + (describe() if describe else ""))
+
     return wait_for(check, timeout=timeout, interval=1.0, what=f"{len(names)} AITasks to be {phase}",
-                    describe=lambda: f"phases: {dict(phases(cluster, namespace))}\n" + (describe() if describe else ""))
+                    describe=report)
 
 
 # ---- a watch on Jobs, to aim faults and time admissions -------------------------------------------------
