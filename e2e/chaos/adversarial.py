@@ -39,7 +39,7 @@ class Case:
         self.name = self.body["metadata"]["name"]
 
 
-# Known operator bugs (see the report in e2e/chaos/README.md): case label -> what goes wrong.
+# Known operator bugs (reproductions in e2e/chaos/README.md): case label -> what goes wrong.
 BUGS = {
     "env valueFrom garbage": "the kubernetes client's own (pydantic) validation of the Job raises "
     "pydantic_core.ValidationError in Engine.apply, which catches only ApiException: every cycle fails, "

@@ -22,7 +22,10 @@ from e2e.util import get, job_pods, list_objects, wait_for
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 CLASS = "a100-40gb"
 PRODUCT = "NVIDIA-A100-SXM4-40GB"
-SHARD_SECONDS = 75  # longer than PodGC takes (40-60 s): the fake kubelet still finishes a pod whose node is gone
+# Longer than PodGC takes to fail a pod of a deleted node (40-60 s): KWOK keeps finishing the pods of a node
+# that is gone (measured: also after its kwok.x-k8s.io/node annotation was removed), so a shorter shard would
+# complete on the dead node and nothing would be replaced.
+SHARD_SECONDS = 75
 
 
 @pytest.fixture
@@ -71,8 +74,11 @@ def test_node_of_a_running_shard_deleted(cluster: Cluster, namespace: str, opera
     new_pods = wait_for(replaced, timeout=180, interval=1.0, what="a replacement pod on another node",
                         describe=lambda: op.log(40))
     replaced_after = time.monotonic() - t0
-    # While the replacement runs, the class holds the shards' GPUs once, not the lost pod's on top.
-    alloc_during = _alloc(cluster)
+    # While the replacement runs, the class holds the shards' GPUs once, not the lost pods' on top.
+    alloc_during = wait_for(lambda: _alloc(cluster) or None, timeout=20, what=f"{CLASS} allocation")
+    for _ in range(5):
+        time.sleep(1)
+        alloc_during = max(alloc_during, _alloc(cluster))
     status = wait_all(cluster, namespace, ["lossy"], "Succeeded", timeout=240, describe=lambda: op.log(60))["lossy"]
     finished_after = time.monotonic() - t0
     wait_for(lambda: _alloc(cluster) == 0, timeout=30, what=f"{CLASS} allocation back to 0")
