@@ -106,6 +106,7 @@ def test_adversarial_aitasks(cluster: Cluster, namespace: str, operators: Callab
             message = f"accepted as {data.get('metadata', {}).get('name')}"
         answers[case.name] = (code, message, time.monotonic())
     accepted = [c for c in batch if answers[c.name][0] < 400]
+    assert accepted and len(accepted) < len(batch), "expected both accepted and rejected cases"
     states: dict[str, str | None] = {c.name: None for c in accepted}
     settle_at: dict[str, float] = {}
 
