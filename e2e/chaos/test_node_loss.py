@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
-from e2e.chaos.lib import aitask, audit, create_tasks, sim, table, tasks_by_name, wait_all
+from e2e.chaos.lib import Size, aitask, audit, create_tasks, needs_slow, sim, table, tasks_by_name, wait_all
 from e2e.cluster import NODES_YAML, Cluster
 from e2e.operator import Operator
 from e2e.util import get, job_pods, list_objects, wait_for
@@ -46,7 +46,8 @@ def _alloc(cluster: Cluster) -> float:
 
 
 def test_node_of_a_running_shard_deleted(cluster: Cluster, namespace: str, operators: Callable[..., Operator],
-                                         restore_nodes: None) -> None:
+                                         restore_nodes: None, size: Size) -> None:
+    needs_slow(size)
     op = operators()
     shard = {"name": "train", "type": "training", "image": "registry.example/train:chaos", "parallelism": 2,
              "executor": {"accelerators": 1, "cpu": "1", "memory": "2Gi", "classes": [CLASS]},
