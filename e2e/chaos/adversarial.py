@@ -6,8 +6,8 @@ Expectations (``Case.expect``):
 - ``bad``: either of the two;
 - ``run``: in fact valid: it gets its Job (e.g. a 200-character name, unknown fields the API server prunes);
 - ``wait``: accepted and told why it cannot be placed (``Planned=False``, ``NoFeasibleClass``), or ``bad``;
-- ``any``: any definite answer within the bound (rejected, Invalid, pods, unschedulable, Failed), never
-  silence, never an operator error.
+- ``any``: any definite answer within the bound (rejected, Invalid, pods, unschedulable, Failed, or the
+  ``InternalError`` condition of a task isolated because its processing raised), never silence.
 
 A case with ``bug`` set reproduces a known operator bug: it is kept out of the batch (it would stop or
 mask the others) and runs alone as an ``xfail(strict=True)`` test, which turns green once fixed.
