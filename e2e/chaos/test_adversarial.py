@@ -78,14 +78,14 @@ def verdict(case: Case, code: int, message: str, state: str | None) -> str:
     return "" if ok else f"expected {case.expect}, got {'rejected' if rejected else state}: {message[:160]}"
 
 
-def probe(cluster: Cluster, namespace: str, name: str) -> float:
-    """Seconds from creating a valid one-step AITask to its Job existing (inf when none within 60 s)."""
+def probe(cluster: Cluster, namespace: str, name: str, limit: float = 60.0) -> float:
+    """Seconds from creating a valid one-step AITask to its Job existing (inf when none within ``limit``)."""
     body = aitask(name, [{"name": "p", "type": "preprocess", "image": "registry.example/probe:1",
                           "podMetadata": sim("1s")}])
     t0 = time.monotonic()
     code, data = create_task(cluster, namespace, body)
     assert code == 201, data
-    end = t0 + 60
+    end = t0 + limit
     while not _jobs_by_task(cluster, namespace).get(name):
         if time.monotonic() > end:
             return float("inf")
@@ -187,8 +187,8 @@ def test_known_bug(cluster: Cluster, namespace: str, operators: Callable[..., Op
         for c in group:
             if answers[c.name][0] < 400 and c.name in tasks:
                 states[c.name] = states[c.name] or outcome(tasks[c.name], pods.get(c.name, 0))
-    after = probe(cluster, namespace, "probe-after")
+    after = probe(cluster, namespace, "probe-after", limit=BOUND)
     problems = {c.label: p for c in group if (p := verdict(c, *answers[c.name], states[c.name]))}
     assert not problems, problems
-    assert after < 60, "a valid task created after them got no Job within 60 s"
+    assert after < BOUND, f"a valid task created after them got no Job within {BOUND:.0f} s"
     assert not has_traceback(op.log_path.read_text()), "traceback in the operator log"
