@@ -32,8 +32,12 @@ unit: ## unit and handler tests (no cluster)
 	.venv/bin/pytest -q tests
 
 .PHONY: e2e
-e2e: ## end-to-end tests on the local control plane (real apiserver, KCM, scheduler, KWOK, Prometheus)
-	.venv/bin/pytest -q e2e
+e2e: ## end-to-end tests on the local control plane (real apiserver, KCM, scheduler, KWOK, Prometheus; chaos suite small)
+	AITASK_CHAOS_SIZE=small .venv/bin/pytest -q e2e
+
+.PHONY: chaos
+chaos: ## the chaos suite at full size (200-pipeline kill -9 storm, API server and peer kills, node loss, 300 bad AITasks)
+	AITASK_CHAOS_SIZE=full .venv/bin/pytest -q e2e/chaos
 
 .PHONY: crds
 crds: ## regenerate crds/ and docs/crd-reference.md from the pydantic models

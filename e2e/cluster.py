@@ -116,6 +116,8 @@ class Proc:
     pid: int
     exe: str
     log: str
+    argv: list[str] = field(default_factory=list)  # what it was started with, for restart_component
+    detached: bool = False
 
 
 def _pid_running(pid: int) -> bool:
@@ -150,7 +152,8 @@ def _spawn(name: str, argv: Sequence[str], log_dir: Path, popens: dict[int, subp
         popen = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                  start_new_session=True)
     popens[popen.pid] = popen
-    return Proc(name=name, pid=popen.pid, exe=str(argv[0]), log=str(log_path))
+    return Proc(name=name, pid=popen.pid, exe=str(argv[0]), log=str(log_path), argv=[str(a) for a in argv],
+                detached=detached)
 
 
 def _signal_groups(procs: Sequence[Proc], sig: signal.Signals) -> None:
@@ -553,6 +556,41 @@ class Cluster:
         """Component name -> whether its process is alive."""
         return {p.name: _is_ours(p) for p in self.procs}
 
+    # ---- faults (chaos suites) ------------------------------------------------------------------------
+
+    def kill_component(self, name: str, sig: signal.Signals = signal.SIGKILL) -> None:
+        """Sends ``sig`` (default SIGKILL, a crash) to the process group of component ``name`` (one we
+        started, checked by _is_ours) and waits until it is gone."""
+        proc = next(p for p in self.procs if p.name == name)
+        if _is_ours(proc):
+            _signal_groups([proc], sig)
+            if _wait_gone([proc], 15.0, self._popens):
+                raise ClusterError(f"{name} (pid {proc.pid}) survived {sig.name}")
+
+    def start_component(self, name: str) -> None:
+        """Starts component ``name`` again with the arguments, log and ports it had (a restart after
+        kill_component); the state file records the new PID."""
+        index = next(i for i, p in enumerate(self.procs) if p.name == name)
+        old = self.procs[index]
+        if not old.argv:
+            raise ClusterError(f"{name} was started without a recorded command line; cannot restart it")
+        if _is_ours(old):
+            raise ClusterError(f"{name} (pid {old.pid}) is still running")
+        self.procs[index] = _spawn(name, old.argv, Path(old.log).parent, self._popens, detached=old.detached)
+        self.save()
+
+    def restart_apiserver(self, down_seconds: float = 0.0, *, timeout: float = 120.0) -> float:
+        """SIGKILLs kube-apiserver, keeps it down ``down_seconds``, starts it again on the same port and
+        waits for ``/readyz``; returns the seconds from the start to ready. etcd keeps the state, so
+        every client (KCM, scheduler, kwok, the operator) sees an outage, not a new cluster."""
+        self.kill_component("kube-apiserver")
+        time.sleep(down_seconds)
+        t0 = time.monotonic()
+        self.start_component("kube-apiserver")
+        poll_until("kube-apiserver /readyz after a restart", self.readyz, t0 + timeout,
+                   on_timeout=lambda: tail(self.dir / "logs" / "kube-apiserver.log"))
+        return time.monotonic() - t0
+
     # ---- talking to it --------------------------------------------------------------------------------
 
     def env(self) -> dict[str, str]:
@@ -619,6 +657,10 @@ class Cluster:
     def api_status(self, method: str, path: str, body: Any = None) -> int:
         """The HTTP status of a raw API request (0 when unreachable)."""
         return self._request(method, path, body)[0]
+
+    def api_response(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        """A raw API request as admin: (HTTP status, decoded body); status 0 when unreachable."""
+        return self._request(method, path, body)
 
     def _request(self, method: str, path: str, body: Any) -> tuple[int, Any]:
         ctx = ssl.create_default_context(cafile=str(self.dir / "pki" / "ca.pem"))

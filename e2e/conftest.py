@@ -27,6 +27,12 @@ _startup_key = pytest.StashKey[str]()
 _namespace_key = pytest.StashKey[str]()
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--chaos-size", choices=("small", "full"), default=None,
+                     help="size of the e2e/chaos suite: small (default, part of make test) or full "
+                          "(make chaos); AITASK_CHAOS_SIZE does the same")
+
+
 def _wants_cluster(items: list[pytest.Item]) -> bool:
     return any("cluster" in getattr(item, "fixturenames", ()) for item in items)
 

@@ -21,13 +21,15 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 class Operator:
-    """One operator process watching one namespace; its log is kept for failure reports."""
+    """One operator process watching one namespace (``namespace=None``: every namespace, i.e. without
+    ``-n``, as the chart runs it); its log is kept for failure reports."""
 
-    def __init__(self, cluster: Cluster, namespace: str, log_dir: Path, env: Mapping[str, str] | None = None,
-                 *, name: str = "operator", standalone: bool = True, verbose: bool = True,
-                 test_timings: bool = True):
-        """``verbose`` passes ``-v`` (DEBUG logs); ``test_timings`` sets the short scheduling period and
-        retry back-off the suites rely on. Scale runs turn both off to measure the operator's defaults."""
+    def __init__(self, cluster: Cluster, namespace: str | None, log_dir: Path,
+                 env: Mapping[str, str] | None = None, *, name: str = "operator", standalone: bool = True,
+                 verbose: bool = True, test_timings: bool = True):
+        """``namespace`` None runs it cluster-wide (the chart's default). ``verbose`` passes ``-v`` (DEBUG
+        logs); ``test_timings`` sets the short scheduling period and retry back-off the suites rely on.
+        Scale runs turn both off to measure the operator's defaults."""
         self.name = name
         self.standalone = standalone
         self.verbose = verbose
@@ -42,7 +44,7 @@ class Operator:
 
     @property
     def log_path(self) -> Path:
-        return self.log_dir / f"{self.name}-{self.namespace}.log"
+        return self.log_dir / f"{self.name}-{self.namespace or 'all-namespaces'}.log"
 
     def start(self) -> Operator:
         env = {
@@ -53,6 +55,7 @@ class Operator:
             **({"AITASK_SCHEDULING_PERIOD_SECONDS": "1", "AITASK_RETRY_BACKOFF_MAX_SECONDS": "5"}
                if self.test_timings else {}),
             "PYTHONUNBUFFERED": "1",
+            **({} if self.namespace else {"AITASK_NAMESPACES": ""}),  # cluster-wide: nothing narrows it
             **self.extra_env,
         }
         self.starts += 1
@@ -61,7 +64,7 @@ class Operator:
         log.flush()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "aitask", "run", *(["--standalone"] if self.standalone else []),
-             "-n", self.namespace, *(["-v"] if self.verbose else [])],
+             *(["-n", self.namespace] if self.namespace else []), *(["-v"] if self.verbose else [])],
             cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
         log.close()
