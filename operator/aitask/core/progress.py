@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -61,24 +62,25 @@ def _adopted_plan(job: JobView) -> Plan:
     )
 
 
-_HASHES: dict[int, tuple[Subtask, str]] = {}
+_HASHES: dict[int, tuple[weakref.ref[Subtask], str]] = {}
 _MAX_HASHES = 100_000
 
 
 def subtask_hash(sub: Subtask) -> str:
     """A stable fingerprint of a sub-task's spec, to notice edits of a running sub-task.
 
-    Memoised per (immutable) Subtask object: the cycle keeps parsed AITasks between cycles,
-    and hashing the spec was a tenth of a busy cycle.
+    Memoised per (immutable) Subtask object, held weakly so that the memo keeps no finished
+    task's spec alive: the cycle keeps parsed AITasks between cycles, and hashing the spec was a
+    tenth of a busy cycle.
     """
     hit = _HASHES.get(id(sub))
-    if hit is not None and hit[0] is sub:
+    if hit is not None and hit[0]() is sub:
         return hit[1]
     blob = json.dumps(sub.wire(), sort_keys=True, separators=(",", ":"))
     digest = hashlib.sha256(blob.encode()).hexdigest()[:16]
     if len(_HASHES) >= _MAX_HASHES:
         _HASHES.clear()
-    _HASHES[id(sub)] = (sub, digest)
+    _HASHES[id(sub)] = (weakref.ref(sub), digest)
     return digest
 
 
