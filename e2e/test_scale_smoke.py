@@ -129,9 +129,12 @@ def _write_counts(cluster: Cluster) -> Counter[str]:
 
 
 def _versions(cluster: Cluster, namespace: str) -> dict[str, str]:
-    """resourceVersion of every AITask and of every Event about an AITask in ``namespace``."""
+    """resourceVersion of every AITask, child Job and Event about an AITask in ``namespace``."""
     out = {f"aitask/{t['metadata']['name']}": t["metadata"]["resourceVersion"]
            for t in list_objects(cluster, "aitasks", namespace)}
+    # Jobs too: their TTL patch used to be resent every cycle until the watch showed it.
+    out.update({f"job/{j['metadata']['name']}": j["metadata"]["resourceVersion"]
+                for j in list_objects(cluster, "jobs", namespace)})
     for ev in list_objects(cluster, "events", namespace):
         if (ev.get("involvedObject") or {}).get("kind") == "AITask":
             out[f"event/{ev['metadata']['name']}"] = ev["metadata"]["resourceVersion"]
@@ -139,7 +142,7 @@ def _versions(cluster: Cluster, namespace: str) -> dict[str, str]:
 
 
 def test_finished_aitasks_cause_no_writes_while_idle(burst: Burst) -> None:
-    """With every AITask finished, IDLE_SECONDS pass without a single write to an AITask or an Event about one
+    """With every AITask finished, IDLE_SECONDS pass without a single write to an AITask, a Job or an Event
     (from IDLE_DELAY_SECONDS after the last one finished).
 
     Exact for this namespace: every write changes a resourceVersion (AITasks, and Events about AITasks,
