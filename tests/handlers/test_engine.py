@@ -290,3 +290,37 @@ def test_a_manifest_the_client_refuses_makes_the_task_invalid_and_stops_nothing(
     assert eng.healthy()
     asyncio.run(eng.run(indexes([bad]), "again"))
     assert ("patch_status", "bad:Invalid") in api.calls
+
+
+def test_decisions_for_a_task_whose_write_has_not_started_are_merged(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two cycles decide for the same task before its first write starts: one write, the newer status."""
+    api = FakeApi(monkeypatch)
+    fast_create = kube.create_job
+
+    async def create_job(manifest: dict[str, Any]) -> bool:
+        if manifest["metadata"]["name"].startswith("blocker"):
+            await asyncio.sleep(0.5)  # holds the only writer while the second cycle decides
+        return await fast_create(manifest)
+
+    monkeypatch.setattr(kube, "create_job", create_job)
+    eng = Engine(settings=OperatorSettings(metrics_port=0, api_concurrency=1))
+    blocker = task()
+    blocker["metadata"] = {**blocker["metadata"], "name": "blocker", "uid": "ub"}
+
+    async def scenario() -> None:
+        await eng.cycle(indexes([blocker, task()]), "first")  # both admitted; blocker's write goes first
+        await asyncio.sleep(0.05)
+        done = job_view({"metadata": {"name": "t-a-1", "namespace": "ns", "labels": {
+            "aitask.dev/task": "t", "aitask.dev/subtask": "a", "aitask.dev/attempt": "1",
+            "aitask.dev/class": "cpu"}},
+            "status": {"succeeded": 1, "startTime": "2026-01-01T00:00:01Z",
+                       "completionTime": "2026-01-01T00:00:09Z", "conditions": [{"type": "Complete",
+                                                                                 "status": "True"}]}})
+        await eng.cycle(indexes([blocker, task()], [done]), "second")  # decided from the overlay
+        await eng.drain()
+
+    asyncio.run(scenario())
+    mine = [c for c in api.calls if c[1].startswith("t:") or c[1] == "t-a-1" or c[1].startswith("t-a-1:")]
+    statuses = [c for c in mine if c[0] == "patch_status"]
+    assert ("create_job", "t-a-1") in mine
+    assert statuses == [("patch_status", "t:Succeeded")]  # the Running status never needed writing

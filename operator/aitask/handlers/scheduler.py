@@ -96,7 +96,8 @@ class Engine:
     written: dict[str, _Overlay] = field(default_factory=dict)
     cache: CycleCache = field(default_factory=CycleCache)
     rejected: dict[str, tuple[int | None, str]] = field(default_factory=dict)
-    inflight: dict[str, asyncio.Task[None]] = field(default_factory=dict)
+    inflight: dict[str, asyncio.Task[None]] = field(default_factory=dict)  # one writer per task key
+    queued: dict[str, tuple[TaskOutcome, int, set[int]]] = field(default_factory=dict)  # waiting writes
     failed_serials: set[int] = field(default_factory=set)
     serial: int = 0
     writers: asyncio.Semaphore | None = None
@@ -400,7 +401,13 @@ class Engine:
     # ------------------------------------------------------------------ writes
 
     def _dispatch(self, outcome: CycleOutcome, based: Mapping[str, int]) -> list[asyncio.Task[None]]:
-        """Start the writes of every task that has any; overlay each decided status at once."""
+        """Queue the writes of every task that has any; overlay each decided status at once.
+
+        Each task has at most one write in flight and one waiting: a newer decision for a task
+        whose write has not started yet is merged into it (its status supersedes the older one,
+        which it was decided from; Jobs, deletes, TTLs and Events add up), so a busy cluster
+        costs fewer writes, not a growing queue.
+        """
         if self.writers is None:
             self.writers = asyncio.Semaphore(max(1, self.settings.api_concurrency))
         tasks: list[asyncio.Task[None]] = []
@@ -412,11 +419,19 @@ class Engine:
                 self.serial += 1
                 serial = self.serial
                 self.written[out.key] = _Overlay(status=out.status, serial=serial, at=time.monotonic())
-            previous = self.inflight.get(out.key)
-            task = asyncio.create_task(self._write_task(out, serial, based.get(out.key), previous))
-            self.inflight[out.key] = task
-            task.add_done_callback(functools.partial(self._done, out.key))
-            tasks.append(task)
+            base = based.get(out.key)
+            waiting = self.queued.get(out.key)
+            if waiting is not None:
+                older, older_serial, bases = waiting
+                self.queued[out.key] = (_merge(older, out), serial or older_serial, bases)
+            else:
+                self.queued[out.key] = (out, serial, {base} if base is not None else set())
+            worker = self.inflight.get(out.key)
+            if worker is None or worker.done():
+                worker = asyncio.create_task(self._writer(out.key))
+                self.inflight[out.key] = worker
+                worker.add_done_callback(functools.partial(self._done, out.key))
+            tasks.append(worker)
         if outcome.class_status:
             tasks.append(asyncio.create_task(self._write_classes(outcome.class_status)))
         return tasks
@@ -432,28 +447,32 @@ class Engine:
         if serial:
             self.failed_serials.add(serial)
 
-    async def _write_task(
-        self, out: TaskOutcome, serial: int, based_on: int | None, previous: asyncio.Task[None] | None
-    ) -> None:
-        """Jobs, then the status, then the Events of one task, after its previous writes."""
-        if previous is not None:
-            await asyncio.gather(previous, return_exceptions=True)
-        if based_on is not None and based_on in self.failed_serials:
-            self._abandon(out, serial)  # decided from a status that never reached the API server
-            return
-        assert self.writers is not None  # noqa: S101 - set by _dispatch
-        async with self.writers:
-            try:
-                await self._write_ordered(out, serial)
-            except ApiException as err:
-                # One task's trouble must not stop the others; the next cycle decides again.
-                self._abandon(out, serial)
-                metrics.record_reconcile_error("AITask", f"api_{err.status}")
-                log.warning("writes of %s failed: %s %s", out.key, err.status, err.reason)
-            except Exception:  # noqa: BLE001 - a bug in one task's writes must not go unseen or stop others
-                self._abandon(out, serial)
-                metrics.record_reconcile_error("AITask", "write_error")
-                log.exception("writes of %s failed; the next cycle decides again", out.key)
+    async def _writer(self, key: str) -> None:
+        """Write what is queued for one task, oldest first, until nothing is."""
+        while key in self.queued:
+            assert self.writers is not None  # noqa: S101 - set by _dispatch
+            async with self.writers:
+                waiting = self.queued.pop(key, None)
+                if waiting is None:
+                    return
+                out, serial, bases = waiting
+                if bases & self.failed_serials:
+                    self._abandon(out, serial)  # decided from a status that never reached the API server
+                    continue
+                await self._write_one(out, serial)
+
+    async def _write_one(self, out: TaskOutcome, serial: int) -> None:
+        try:
+            await self._write_ordered(out, serial)
+        except ApiException as err:
+            # One task's trouble must not stop the others; the next cycle decides again.
+            self._abandon(out, serial)
+            metrics.record_reconcile_error("AITask", f"api_{err.status}")
+            log.warning("writes of %s failed: %s %s", out.key, err.status, err.reason)
+        except Exception:  # noqa: BLE001 - a bug in one task's writes must not go unseen or stop others
+            self._abandon(out, serial)
+            metrics.record_reconcile_error("AITask", "write_error")
+            log.exception("writes of %s failed; the next cycle decides again", out.key)
 
     async def _write_ordered(self, out: TaskOutcome, serial: int) -> None:
         for manifest in out.create_jobs:
@@ -586,6 +605,21 @@ class Engine:
             except Exception:  # noqa: BLE001 - a detached task: nobody else would see it; the timer retries
                 metrics.record_reconcile_error("Cycle", "unexpected")
                 log.exception("scheduling cycle (%s) failed; the periodic cycle will try again", self.dirty_reason)
+
+
+def _merge(older: TaskOutcome, newer: TaskOutcome) -> TaskOutcome:
+    """Two decisions for one task not written yet, as one: the newer status, everything else added up."""
+    names = {m["metadata"]["name"] for m in older.create_jobs}
+    return replace(
+        newer,
+        status=newer.status if newer.status is not None else older.status,
+        create_jobs=older.create_jobs + tuple(m for m in newer.create_jobs if m["metadata"]["name"] not in names),
+        delete_jobs=tuple(dict.fromkeys(older.delete_jobs + newer.delete_jobs)),
+        expire_jobs=tuple(dict.fromkeys(older.expire_jobs + newer.expire_jobs)),
+        events=older.events + newer.events,
+        finished=older.finished + newer.finished,
+        retries=older.retries + newer.retries,
+    )
 
 
 def _at_least(version: str | None, wanted: str) -> bool:
