@@ -80,5 +80,7 @@ def test_kill_storm(cluster: Cluster, namespace: str, operators: Callable[..., O
     # Events are posted after the status write that records the transition (docs/architecture.md): a kill
     # between the two, or before the write (the Job is then adopted), loses that attempt's Event. Never two.
     assert result.duplicate_events == 0, result.problems[:20]
-    assert result.lost_events <= kills, (result.lost_events, kills)
+    # Events go out after their task's status write, and up to AITASK_API_CONCURRENCY tasks (16) write at
+    # once: a kill can lose the Events of each task whose writes were in flight (documented), never more.
+    assert result.lost_events <= kills * 16, (result.lost_events, kills)
     assert not has_traceback(log), "traceback in the operator log"
