@@ -324,3 +324,42 @@ def test_decisions_for_a_task_whose_write_has_not_started_are_merged(monkeypatch
     statuses = [c for c in mine if c[0] == "patch_status"]
     assert ("create_job", "t-a-1") in mine
     assert statuses == [("patch_status", "t:Succeeded")]  # the Running status never needed writing
+
+
+def test_the_legacy_finalizer_is_removed_once_in_the_background(monkeypatch: pytest.MonkeyPatch) -> None:
+    from aitask.control.cycle import FinishedTask
+
+    removed: list[str] = []
+
+    async def remove_finalizer(namespace: str, name: str, finalizer: str, finalizers: list[str]) -> None:
+        removed.append(name)
+
+    monkeypatch.setattr(kube, "remove_finalizer", remove_finalizer)
+    old = FinishedTask(namespace="ns", name="old", uid="u1", phase="Succeeded", finalizers=("aitask.dev/finalizer",))
+    new = FinishedTask(namespace="ns", name="new", uid="u2", phase="Succeeded")
+
+    class Informers:
+        synced = True
+        entries: list[Any] = [old, new]
+
+        def values(self, kind: str) -> list[Any]:
+            return list(self.entries) if kind == "aitasks" else []
+
+    eng = engine()
+    eng.informers = Informers()  # type: ignore[assignment]
+
+    async def scans() -> None:
+        for _ in range(2):  # the informer still shows it: removed once, not again
+            eng._clean_legacy_finalizers()
+            assert eng.legacy_cleanup is not None
+            await eng.legacy_cleanup
+        assert not eng.legacy_done
+        Informers.entries = [new]  # the watch shows it gone: scanning stops
+        eng._clean_legacy_finalizers()
+        assert eng.legacy_cleanup is not None
+        await eng.legacy_cleanup
+        assert eng.legacy_done
+        eng._clean_legacy_finalizers()
+
+    asyncio.run(scans())
+    assert removed == ["old"]

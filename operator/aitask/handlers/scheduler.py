@@ -114,6 +114,8 @@ class Engine:
     periodic_task: asyncio.Task[None] | None = None
     informers: Informers | None = None
     finalizers_removed: set[str] = field(default_factory=set)
+    legacy_cleanup: asyncio.Task[None] | None = None  # background removal of the old finalizer
+    legacy_done: bool = False  # a scan found no AITask left with it
     sent: dict[tuple[str, str, str], float] = field(default_factory=dict)  # (verb, ns, job) -> when
     created: dict[tuple[str, str], float] = field(default_factory=dict)  # (ns, job) created, not seen yet
 
@@ -551,14 +553,23 @@ class Engine:
                 metrics.record_reconcile_error("ExecutorClass", f"api_{err.status}")
                 log.warning("status of ExecutorClass %s not written: %s", name, err.reason)
 
+    def _clean_legacy_finalizers(self) -> None:
+        """Start (in the background, never in the way of a cycle) the removal of the old finalizer."""
+        if self.legacy_done or self.informers is None:
+            return
+        if self.legacy_cleanup is None or self.legacy_cleanup.done():
+            self.legacy_cleanup = asyncio.create_task(self._finalizers())
+
     async def _finalizers(self) -> None:
         """AITasks from operator versions that kept a Kopf finalizer on them: remove it, once each.
 
         Without it nothing here blocks their deletion; left in place, deleting one would hang
-        now that Kopf no longer handles AITasks.
+        now that Kopf no longer handles AITasks. New AITasks never get it, so once a scan finds
+        none left, the scans stop.
         """
         if self.informers is None:
             return
+        left = False
         for entry in self.informers.values("aitasks"):
             if isinstance(entry, FinishedTask):
                 ns, name, uid, finalizers = entry.namespace, entry.name, entry.uid, entry.finalizers
@@ -568,13 +579,15 @@ class Engine:
                 finalizers = tuple(meta.get("finalizers") or ())
             if LEGACY_FINALIZER not in finalizers:
                 continue
+            left = True
             if uid in self.finalizers_removed:
-                continue
+                continue  # removed; the informer has not shown it yet
             try:
                 await kube.remove_finalizer(ns, name, LEGACY_FINALIZER, list(finalizers))
                 self.finalizers_removed.add(uid)
             except ApiException as err:
                 log.warning("could not remove %s from %s/%s: %s", LEGACY_FINALIZER, ns, name, err.reason)
+        self.legacy_done = not left
 
     async def drain(self) -> None:
         """Wait for every write in flight (tests, shutdown)."""
@@ -599,7 +612,7 @@ class Engine:
                 self.dirty = False  # a standby: the active peer acts; the periodic loop looks again
                 return
             self.dirty = False
-            await self._finalizers()
+            self._clean_legacy_finalizers()
             try:
                 await self.cycle(self.sources(), self.dirty_reason)
             except Exception:  # noqa: BLE001 - a detached task: nobody else would see it; the timer retries

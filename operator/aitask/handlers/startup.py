@@ -62,8 +62,9 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
 async def shutdown(memo: kopf.Memo, **_: Any) -> None:
     engine: Engine | None = getattr(memo, "engine", None)
     if engine is not None:
-        if engine.periodic_task is not None:
-            engine.periodic_task.cancel()
+        for background in (engine.periodic_task, engine.legacy_cleanup):
+            if background is not None:
+                background.cancel()
         if engine.informers is not None:
             engine.informers.stop()
         await engine.drain()
