@@ -154,6 +154,13 @@ def _aitask_spec() -> SchemaDict:
             "fieldPath": ".subtasks",
             "reason": "FieldValueInvalid",
         },
+        {
+            # A transition rule: checked on update only. Cancelling is for good (the task's Jobs are gone).
+            "rule": "!has(oldSelf.cancel) || !oldSelf.cancel || (has(self.cancel) && self.cancel)",
+            "message": "spec.cancel cannot be set back to false: a cancelled AITask stays cancelled",
+            "fieldPath": ".cancel",
+            "reason": "FieldValueForbidden",
+        },
     ]
     return spec
 

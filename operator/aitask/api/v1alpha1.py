@@ -310,6 +310,13 @@ class PodTemplatePart(Model):
     env: list[EnvVar] = Field(default_factory=list, description="Added to every container.")
     metadata: PodMetadata = Field(default_factory=PodMetadata)
     priority_class_name: str | None = Field(None, description="PriorityClass of the pods (kube-scheduler preemption).")
+    termination_grace_period_seconds: int | None = Field(
+        None,
+        ge=0,
+        le=3600,
+        description="Seconds a pod gets between SIGTERM and SIGKILL when its attempt is stopped (suspend, cancel, "
+        "task failure); default: the cluster's (30 s).",
+    )
 
 
 class Executor(Model):
@@ -422,6 +429,26 @@ class Deadline(Model):
     )
 
 
+class BudgetPolicy(StrEnum):
+    WAIT = "Wait"
+    FAIL = "Fail"
+
+
+class TaskBudget(Model):
+    """A ceiling on what the whole task may cost, in the currency of the ExecutorClass prices."""
+
+    max_cost: float = Field(
+        ge=0,
+        le=MAX_PRICE * 1e3,
+        description="What the task may spend in all: the attempts' actual costs plus the estimated cost of the "
+        "running ones. A class whose estimated cost C exceeds what is left is infeasible for the next attempt.",
+    )
+    on_exceeded: BudgetPolicy = Field(
+        BudgetPolicy.WAIT,
+        description="When no class fits what is left: Wait (until the budget is raised) or Fail the task.",
+    )
+
+
 class AITaskSpec(Model):
     priority: float = Field(1.0, gt=0, le=1000, description="Weight in weighted completion time.")
     objective: Objective = Field(default_factory=Objective)
@@ -430,6 +457,17 @@ class AITaskSpec(Model):
     )
     template: PodTemplatePart = Field(default_factory=PodTemplatePart)
     subtasks: list[Subtask] = Field(min_length=1, max_length=MAX_SUBTASKS)
+    budget: TaskBudget | None = Field(None, description="A cost ceiling for the whole task.")
+    suspend: bool = Field(
+        False,
+        description="True stops the running attempts (their Jobs are deleted; the pods get the template's grace "
+        "period) and admits nothing more; false resumes, each stopped sub-task with a new attempt.",
+    )
+    cancel: bool = Field(
+        False,
+        description="True ends the task as Cancelled: running attempts are stopped, nothing more starts, status and "
+        "history are kept. It cannot be undone.",
+    )
 
     @model_validator(mode="after")
     def _references(self) -> AITaskSpec:
@@ -463,6 +501,16 @@ class TaskPhase(StrEnum):
     SUCCEEDED = "Succeeded"
     FAILED = "Failed"
     INVALID = "Invalid"
+    SUSPENDED = "Suspended"  # spec.suspend: nothing runs, nothing is admitted
+    CANCELLED = "Cancelled"  # spec.cancel: ended for good, history kept
+
+    @property
+    def final(self) -> bool:
+        """Nothing will ever run again for the task (whatever its spec says next)."""
+        return self in FINAL_TASK_PHASES
+
+
+FINAL_TASK_PHASES = frozenset({TaskPhase.SUCCEEDED, TaskPhase.FAILED, TaskPhase.CANCELLED})
 
 
 class SubtaskPhase(StrEnum):
@@ -517,6 +565,7 @@ class AttemptResult(StrEnum):
     OOM_KILLED = "OOMKilled"
     DEADLINE_EXCEEDED = "DeadlineExceeded"
     CANCELLED = "Cancelled"
+    SUSPENDED = "Suspended"  # stopped by spec.suspend: not a failure, the sub-task resumes with a new attempt
 
     @property
     def label(self) -> str:
@@ -525,7 +574,7 @@ class AttemptResult(StrEnum):
 
     @property
     def is_failure(self) -> bool:
-        return self not in (AttemptResult.RUNNING, AttemptResult.SUCCEEDED)
+        return self not in (AttemptResult.RUNNING, AttemptResult.SUCCEEDED, AttemptResult.SUSPENDED)
 
 
 class Attempt(StatusModel):
@@ -534,8 +583,9 @@ class Attempt(StatusModel):
     class_name: str = Field(alias="class", description="ExecutorClass of the attempt.")
     result: AttemptResult = Field(
         AttemptResult.RUNNING,
-        description="Running, Succeeded, Failed, OOMKilled, DeadlineExceeded or Cancelled (stopped because the task "
-        "failed); a pod lost with its node is replaced by the Job, not an attempt result.",
+        description="Running, Succeeded, Failed, OOMKilled, DeadlineExceeded, Cancelled (stopped because the task "
+        "failed or was cancelled) or Suspended (stopped by spec.suspend; not a failure); a pod lost with its node "
+        "is replaced by the Job, not an attempt result.",
     )
     exit_code: int | None = Field(None, description="Exit code of the failed container, if any.")
     reason: str = Field("", description="Why it ended this way.")
@@ -583,7 +633,9 @@ class TaskMetrics(StatusModel):
 
 
 class AITaskStatus(StatusModel):
-    phase: TaskPhase = Field(TaskPhase.PENDING, description="Pending, Running, Succeeded, Failed or Invalid.")
+    phase: TaskPhase = Field(
+        TaskPhase.PENDING, description="Pending, Running, Succeeded, Failed, Invalid, Suspended or Cancelled."
+    )
     progress: str = Field("", description="Succeeded sub-tasks / all, e.g. 2/3.")
     succeeded: int = Field(0, description="Succeeded sub-tasks.")
     total: int = Field(0, description="All sub-tasks.")
@@ -598,7 +650,8 @@ class AITaskStatus(StatusModel):
     completion_time: datetime | None = Field(None, description="When the task succeeded or failed.")
     conditions: list[Condition] = Field(
         default_factory=list,
-        description="Planned, Running, Succeeded, Failed, InvalidSpec, MetricsUnavailable, SpecChangeIgnored.",
+        description="Complete and Failed (the Job convention, for kubectl wait), Succeeded, Planned, Running, "
+        "Suspended, Cancelled, InvalidSpec, MetricsUnavailable, SpecChangeIgnored, InternalError.",
     )
     subtasks: list[SubtaskStatus] = Field(default_factory=list, description="Per-sub-task plan and progress.")
     metrics: TaskMetrics | None = Field(None, description="Task-level GPU use.")

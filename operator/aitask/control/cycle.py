@@ -26,6 +26,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from aitask.api.v1alpha1 import (
+    FINAL_TASK_PHASES,
     AITask,
     AITaskStatus,
     AttemptResult,
@@ -57,7 +58,7 @@ from aitask.core.types import (
     SubtaskKey,
 )
 
-FINISHED_PHASES = frozenset({TaskPhase.SUCCEEDED, TaskPhase.FAILED})
+FINISHED_PHASES = FINAL_TASK_PHASES
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,6 @@ from aitask.api.v1alpha1 import (
     SubtaskPhase,
     SubtaskStatus,
     TaskMetrics,
-    TaskPhase,
 )
 from aitask.build.jobs import build_job
 from aitask.core import conditions as cond
@@ -259,7 +258,7 @@ def decide_task(
             message=adm.message,
         )
         prev = subs[sub.name]
-        if prev.history:
+        if prev.history and prev.history[-1].result.is_failure:
             retries.append(Retry(class_name=adm.class_name, after=prev.history[-1].result))
         subs[sub.name] = progress.start_attempt(
             prev, sub, adm.attempt, job=manifest["metadata"]["name"], plan=plan, message=adm.message, now=now
@@ -272,7 +271,7 @@ def decide_task(
     ordered = [_with_usage(subs[s.name], telemetry, task) for s in task.spec.subtasks]
     gen = task.metadata.generation
     conds = list(status.conditions)
-    if status.phase not in (TaskPhase.SUCCEEDED, TaskPhase.FAILED):
+    if not status.phase.final:
         conds = _planned_condition(conds, deferrals, ordered, now, gen)
     phase, conds = progress.settle(status.phase, conds, ordered, now, gen)
     running = any(s.phase == SubtaskPhase.RUNNING for s in ordered)

@@ -180,6 +180,7 @@ def derive(
     spec = task.spec
     prev = task.status
     created = task.metadata.creation_timestamp or now
+    stop = stop_request(task)
     jobs_by_sub: dict[str, dict[int, JobView]] = {}
     for job in jobs:
         jobs_by_sub.setdefault(job.subtask, {})[job.attempt] = job
@@ -242,7 +243,12 @@ def derive(
             current = seen.get(number)
             attempt = history.get(number) or Attempt(number=number, job=st.job or "", class_name="")
             plan = st.plan
-            if current is None:
+            if stop is not None and (current is None or not current.finished):
+                # Suspended or cancelled: the attempt ends here, its Job (if any) goes with the pods' grace period.
+                if current is not None and not current.deleting:
+                    delete.append(current.name)
+                attempt, st = _stopped(st, attempt, plan, stop, now)
+            elif current is None:
                 admitted = attempt.start_time or st.start_time or now
                 if now - admitted > JOB_VISIBILITY_GRACE and (st.job or "") not in unseen:
                     attempt = _upd(
@@ -355,6 +361,12 @@ def derive(
             continue
         if st.phase == SubtaskPhase.BACKOFF and st.retry_after and now < st.retry_after:
             continue
+        if stop is not None:  # suspended: ready, but nothing is admitted (a cancelled task skips it later)
+            if stop.result == AttemptResult.SUSPENDED and (
+                st.phase != SubtaskPhase.QUEUED or st.message != SUSPENDED_MESSAGE
+            ):
+                out[sub.name] = _upd(st, phase=SubtaskPhase.QUEUED, message=SUSPENDED_MESSAGE)
+            continue
         since = st.ready_since or max([created, *[d.finish_time for d in deps if d.finish_time]])
         min_mem, excluded = _escalation(st, classes)
         ready.append(Ready(sub, st.attempts + 1, since, min_mem, excluded))
@@ -370,7 +382,7 @@ def derive(
     status = _task_level(task, out, now, events, delete, ready, changed_while_running, finished)
     return TaskProgress(
         status=status,
-        ready=tuple(ready) if status.phase not in (TaskPhase.FAILED, TaskPhase.SUCCEEDED) else (),
+        ready=tuple(ready) if not status.phase.final else (),
         delete_jobs=tuple(delete),
         events=tuple(events),
         observations=tuple(observations),
@@ -442,7 +454,7 @@ def next_change(task: AITask, status: AITaskStatus, jobs: Sequence[JobView]) -> 
     A backoff expiring, the task's deadline, or the grace for a Job not seen yet running out;
     None when only a change of the task, its Jobs or its pods can change the result.
     """
-    if status.phase in (TaskPhase.SUCCEEDED, TaskPhase.FAILED):
+    if status.phase.final:
         return None
     times: list[datetime] = []
     created = task.metadata.creation_timestamp
@@ -458,6 +470,49 @@ def next_change(task: AITask, status: AITaskStatus, jobs: Sequence[JobView]) -> 
             if admitted is not None:
                 times.append(admitted + JOB_VISIBILITY_GRACE + timedelta(seconds=1))
     return min(times) if times else None
+
+
+SUSPENDED_MESSAGE = "the task is suspended (spec.suspend): nothing is admitted until it is resumed"
+
+
+@dataclass(frozen=True)
+class Stop:
+    """Why running attempts are being stopped by the user: spec.cancel or spec.suspend."""
+
+    result: AttemptResult  # Cancelled or Suspended
+    reason: str
+
+
+def stop_request(task: AITask) -> Stop | None:
+    """What the spec asks of the running work: cancel beats suspend; a finished task is left alone."""
+    if task.status.phase.final:
+        return None
+    if task.spec.cancel:
+        return Stop(AttemptResult.CANCELLED, "the task was cancelled (spec.cancel)")
+    if task.spec.suspend:
+        return Stop(AttemptResult.SUSPENDED, "the task was suspended (spec.suspend)")
+    return None
+
+
+def _stopped(
+    st: SubtaskStatus, attempt: Attempt, plan: Plan | None, stop: Stop, now: datetime
+) -> tuple[Attempt, SubtaskStatus]:
+    """The running attempt ended by the user: not a failure, no retry counted, nothing learned from it.
+
+    What it ran for is recorded, and costs what its plan's rate says (budgets count it)."""
+    secs = _seconds(attempt.start_time, now)
+    attempt = _upd(
+        attempt,
+        result=stop.result,
+        reason=stop.reason,
+        finish_time=now,
+        actual_seconds=secs,
+        actual_cost=_cost_of(secs, plan.estimated_cost, plan.estimated_seconds) if plan else None,
+    )
+    what = f"attempt {attempt.number} stopped: {stop.reason}"
+    if stop.result == AttemptResult.CANCELLED:
+        return attempt, _upd(st, phase=SubtaskPhase.SKIPPED, nodes=[], finish_time=now, message=what)
+    return attempt, _upd(st, phase=SubtaskPhase.QUEUED, nodes=[], ready_since=None, message=what)
 
 
 def _escalation(st: SubtaskStatus, classes: Mapping[str, ClassInfo]) -> tuple[float, frozenset[str]]:
@@ -516,6 +571,121 @@ def _after_failure(
     )
 
 
+def _ending(
+    task: AITask, ordered: Sequence[SubtaskStatus], failed: Sequence[SubtaskStatus], done: int, now: datetime
+) -> tuple[TaskPhase, Reason, str] | None:
+    """Whether the task ends in this derive, and how: cancel, then deadline, then failure, then success."""
+    created = task.metadata.creation_timestamp or now
+    deadline = task.spec.deadline
+    if task.spec.cancel:
+        return TaskPhase.CANCELLED, Reason.CANCELLED, "the task was cancelled (spec.cancel); its history is kept"
+    if deadline is not None and now >= created + timedelta(seconds=deadline.seconds):
+        return (
+            TaskPhase.FAILED,
+            Reason.DEADLINE_EXCEEDED,
+            f"the task did not finish within its deadline of {deadline.seconds}s",
+        )
+    if failed:
+        return TaskPhase.FAILED, Reason.RETRIES_EXHAUSTED, "; ".join(f"{s.name}: {s.message}" for s in failed)
+    if done == len(ordered):
+        return TaskPhase.SUCCEEDED, Reason.ALL_SUCCEEDED, f"all {done} sub-tasks succeeded"
+    return None
+
+
+def end_conditions(
+    conds: Sequence[Any], phase: TaskPhase, reason: str, message: str, now: datetime, gen: int | None
+) -> list[Any]:
+    """The conditions of a task that ended, in the Job convention that ``kubectl wait`` reads.
+
+    Success: ``Complete`` and ``Succeeded`` True. Failure or cancellation: ``Failed`` True and
+    ``Complete`` False (with the same reason), and ``Cancelled`` True when it was cancelled. So
+    ``kubectl wait --for=condition=Complete`` returns on success and ``--for=condition=Failed``
+    on every other end.
+    """
+    out = list(conds)
+    success = phase == TaskPhase.SUCCEEDED
+    updates: list[tuple[str, bool]] = [(ConditionType.COMPLETE, success)]
+    updates.append((ConditionType.SUCCEEDED, True) if success else (ConditionType.FAILED, True))
+    if phase == TaskPhase.CANCELLED:
+        updates.append((ConditionType.CANCELLED, True))
+    for type_, value in updates:
+        out, _ = cond.set_condition(
+            out, type_=type_, status=value, reason=reason, message=message, now=now, generation=gen
+        )
+    return out
+
+
+def release(
+    ordered: Sequence[SubtaskStatus],
+    phase: TaskPhase,
+    now: datetime,
+    delete: list[str],
+    finished: list[tuple[Attempt, float | None]],
+) -> list[SubtaskStatus]:
+    """A task that failed or was cancelled frees what it holds: running attempts stop, the rest is skipped."""
+    why = "the task was cancelled" if phase == TaskPhase.CANCELLED else "the task failed"
+    out: list[SubtaskStatus] = []
+    for s in ordered:
+        if s.phase == SubtaskPhase.RUNNING and s.job:
+            delete.append(s.job)
+            history = list(s.history)
+            if history and history[-1].result == AttemptResult.RUNNING:
+                history[-1] = _upd(history[-1], result=AttemptResult.CANCELLED, reason=why, finish_time=now)
+                finished.append((history[-1], s.plan.estimated_cost if s.plan else None))
+            out.append(_upd(s, phase=SubtaskPhase.SKIPPED, message=f"stopped: {why}", history=history))
+        elif s.phase not in _TERMINAL:
+            out.append(_upd(s, phase=SubtaskPhase.SKIPPED, message=f"skipped: {why}"))
+        else:
+            out.append(s)
+    return out
+
+
+def _suspension(
+    task: AITask,
+    conds: Sequence[Any],
+    phase: TaskPhase | None,
+    ordered: Sequence[SubtaskStatus],
+    events: list[EventSpec],
+    now: datetime,
+    gen: int | None,
+) -> list[Any]:
+    """The Suspended condition and its Events: True while spec.suspend holds, False once resumed."""
+    was = cond.get_condition(conds, ConditionType.SUSPENDED)
+    suspended = bool(task.spec.suspend) and phase is None
+    if suspended:
+        stopped = [
+            s.name
+            for s in ordered
+            if s.history and s.history[-1].result == AttemptResult.SUSPENDED and s.phase == SubtaskPhase.QUEUED
+        ]
+        msg = "spec.suspend is true: nothing is admitted" + (f"; stopped: {', '.join(stopped)}" if stopped else "")
+        if was is None or was.status != "True":
+            events.append(EventSpec("Normal", Reason.SUSPENDED, msg))
+        out, _ = cond.set_condition(
+            conds,
+            type_=ConditionType.SUSPENDED,
+            status=True,
+            reason=Reason.SUSPENDED,
+            message=msg,
+            now=now,
+            generation=gen,
+        )
+        return out
+    if was is not None and was.status == "True" and phase is None:
+        events.append(EventSpec("Normal", Reason.RESUMED, "spec.suspend is false: the task runs again"))
+        out, _ = cond.set_condition(
+            conds,
+            type_=ConditionType.SUSPENDED,
+            status=False,
+            reason=Reason.RESUMED,
+            message="resumed",
+            now=now,
+            generation=gen,
+        )
+        return out
+    return list(conds)
+
+
 def _task_level(
     task: AITask,
     subs: Mapping[str, SubtaskStatus],
@@ -535,76 +705,34 @@ def _task_level(
     running = [s for s in ordered if s.phase == SubtaskPhase.RUNNING]
     conds = list(prev.conditions)
     conds, _ = cond.remove_condition(conds, ConditionType.INVALID_SPEC)
-    phase: TaskPhase | None = prev.phase if prev.phase in (TaskPhase.SUCCEEDED, TaskPhase.FAILED) else None
+    phase: TaskPhase | None = prev.phase if prev.phase.final else None
     completion = prev.completion_time
-    created = task.metadata.creation_timestamp or now
-    deadline = task.spec.deadline
-    if phase is None and deadline is not None and now >= created + timedelta(seconds=deadline.seconds):
-        phase = TaskPhase.FAILED
-        completion = now
-        msg = f"the task did not finish within its deadline of {deadline.seconds}s"
-        conds, _ = cond.set_condition(
-            conds,
-            type_=ConditionType.FAILED,
-            status=True,
-            reason=Reason.DEADLINE_EXCEEDED,
-            message=msg,
-            now=now,
-            generation=gen,
-        )
-        events.append(EventSpec("Warning", Reason.DEADLINE_EXCEEDED, msg))
-    elif phase is None and failed:
-        phase = TaskPhase.FAILED
-        completion = now
-        msg = "; ".join(f"{s.name}: {s.message}" for s in failed)
-        conds, _ = cond.set_condition(
-            conds,
-            type_=ConditionType.FAILED,
-            status=True,
-            reason=Reason.RETRIES_EXHAUSTED,
-            message=msg,
-            now=now,
-            generation=gen,
-        )
-        events.append(EventSpec("Warning", Reason.RETRIES_EXHAUSTED, f"task failed: {msg}"))
-    elif phase is None and done == total:
-        phase = TaskPhase.SUCCEEDED
-        completion = max([s.finish_time for s in ordered if s.finish_time] or [now])
-        conds, _ = cond.set_condition(
-            conds,
-            type_=ConditionType.SUCCEEDED,
-            status=True,
-            reason=Reason.ALL_SUCCEEDED,
-            message=f"all {total} sub-tasks succeeded",
-            now=now,
-            generation=gen,
-        )
-        # The attempts that ended the task are told in its one closing Event, not in one each.
-        last = [e for e in events if e.reason == Reason.ATTEMPT_SUCCEEDED]
-        events[:] = [e for e in events if e.reason != Reason.ATTEMPT_SUCCEEDED]
-        detail = "; ".join(e.message for e in last)
-        events.append(
-            EventSpec(
-                "Normal", Reason.ALL_SUCCEEDED, f"all {total} sub-tasks succeeded" + (f" ({detail})" if detail else "")
+    if phase is None:
+        ending = _ending(task, ordered, failed, done, now)
+        if ending is not None:
+            phase, reason, msg = ending
+            completion = (
+                max([s.finish_time for s in ordered if s.finish_time] or [now]) if phase == TaskPhase.SUCCEEDED else now
             )
-        )
-    if phase == TaskPhase.FAILED:
-        # Free what is still held: stop running attempts, skip what never started.
-        fixed: dict[str, SubtaskStatus] = {}
-        for s in ordered:
-            if s.phase == SubtaskPhase.RUNNING and s.job:
-                delete.append(s.job)
-                history = list(s.history)
-                if history and history[-1].result == AttemptResult.RUNNING:
-                    history[-1] = _upd(
-                        history[-1], result=AttemptResult.CANCELLED, reason="the task failed", finish_time=now
-                    )
-                    finished.append((history[-1], s.plan.estimated_cost if s.plan else None))
-                fixed[s.name] = _upd(s, phase=SubtaskPhase.SKIPPED, message="stopped: the task failed", history=history)
-            elif s.phase not in _TERMINAL:
-                fixed[s.name] = _upd(s, phase=SubtaskPhase.SKIPPED, message="skipped: the task failed")
-        ordered = [fixed.get(s.name, s) for s in ordered]
-        ready.clear()
+            conds = end_conditions(conds, phase, reason, msg, now, gen)
+            if phase == TaskPhase.SUCCEEDED:
+                # The attempts that ended the task are told in its one closing Event, not in one each.
+                last = [e for e in events if e.reason == Reason.ATTEMPT_SUCCEEDED]
+                events[:] = [e for e in events if e.reason != Reason.ATTEMPT_SUCCEEDED]
+                detail = "; ".join(e.message for e in last)
+                events.append(EventSpec("Normal", reason, msg + (f" ({detail})" if detail else "")))
+            elif phase == TaskPhase.CANCELLED:
+                events.append(EventSpec("Normal", reason, msg))
+            else:
+                events.append(
+                    EventSpec("Warning", reason, msg if reason != Reason.RETRIES_EXHAUSTED else f"task failed: {msg}")
+                )
+            if phase != TaskPhase.SUCCEEDED:
+                ordered = release(ordered, phase, now, delete, finished)
+                ready.clear()
+    conds = _suspension(task, conds, phase, ordered, events, now, gen)
+    if phase is None and task.spec.suspend:
+        phase = TaskPhase.SUSPENDED
     if phase is None:
         phase = TaskPhase.RUNNING if running or done else TaskPhase.PENDING
     phase, conds = settle(phase, conds, ordered, now, gen)

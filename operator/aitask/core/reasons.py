@@ -9,7 +9,10 @@ class ConditionType(StrEnum):
     PLANNED = "Planned"  # every ready sub-task has a placement
     RUNNING = "Running"  # at least one attempt Job is active
     SUCCEEDED = "Succeeded"
-    FAILED = "Failed"
+    COMPLETE = "Complete"  # the Job convention: True on success, False once the task failed or was cancelled
+    FAILED = "Failed"  # True once the task failed or was cancelled (kubectl wait --for=condition=Failed)
+    SUSPENDED = "Suspended"
+    CANCELLED = "Cancelled"
     INVALID_SPEC = "InvalidSpec"
     METRICS_UNAVAILABLE = "MetricsUnavailable"
     SPEC_CHANGE_IGNORED = "SpecChangeIgnored"
@@ -38,3 +41,9 @@ class Reason(StrEnum):
     RUNNING_SUBTASK_CHANGED = "RunningSubtaskChanged"
     PROCESSING_FAILED = "ProcessingFailed"
     JOB_REJECTED = "JobRejected"
+    SUSPENDED = "Suspended"
+    RESUMED = "Resumed"
+    CANCELLED = "Cancelled"
+    WAITING_FOR_QUOTA = "WaitingForQuota"
+    WAITING_FOR_BUDGET = "WaitingForBudget"
+    BUDGET_EXCEEDED = "BudgetExceeded"
