@@ -39,7 +39,9 @@ logger = logging.getLogger(__name__)
 REGISTRY = CollectorRegistry(auto_describe=True)
 
 #: Values of the ``result`` label of ``aitask_subtask_attempts_total``.
-ATTEMPT_RESULTS = frozenset({"succeeded", "failed", "oom_killed", "deadline_exceeded", "cancelled", "other"})
+ATTEMPT_RESULTS = frozenset(
+    {"succeeded", "failed", "oom_killed", "deadline_exceeded", "cancelled", "suspended", "other"}
+)
 
 #: Values of the ``reason`` label of ``aitask_subtask_retries_total``.
 RETRY_REASONS = frozenset({"failed", "oom_killed", "deadline_exceeded", "other"})
@@ -191,6 +193,23 @@ class OperatorMetrics:
             buckets=_SHORT_SECONDS,
             registry=registry,
         )
+        labels = ["namespace", "budget", "resource"]
+        self.budget_limit = Gauge(
+            "aitask_budget_limit",
+            "An AITaskBudget's cap per period (resource: cost, acceleratorHours or acceleratorHours/<class>).",
+            labels,
+            registry=registry,
+        )
+        self.budget_spent = Gauge(
+            "aitask_budget_spent",
+            "Spent in the budget's current period, plus what running attempts are still expected to take.",
+            labels,
+            registry=registry,
+        )
+        self.budget_remaining = Gauge(
+            "aitask_budget_remaining", "What the budget still allows in its current period.", labels, registry=registry
+        )
+        self._budget_keys: set[tuple[str, str, str]] = set()
         self.prometheus_up = Gauge(
             "aitask_prometheus_up",
             "1 when the last Prometheus feedback query succeeded, 0 when it failed.",
@@ -198,6 +217,18 @@ class OperatorMetrics:
         )
 
     # -- tasks -----------------------------------------------------------------------------------
+
+    def record_budgets(self, figures: Mapping[tuple[str, str, str], tuple[float, float, float]]) -> None:
+        """Set the budget gauges: (namespace, budget, resource) -> (limit, spent, remaining); stale series go."""
+        with self._lock:
+            for key in self._budget_keys - set(figures):
+                for gauge in (self.budget_limit, self.budget_spent, self.budget_remaining):
+                    gauge.remove(*key)
+            for key, (limit, spent, remaining) in figures.items():
+                self.budget_limit.labels(*key).set(limit)
+                self.budget_spent.labels(*key).set(spent)
+                self.budget_remaining.labels(*key).set(remaining)
+            self._budget_keys = set(figures)
 
     def record_task_phases(self, counts: Mapping[tuple[str, str], int]) -> None:
         """Set ``aitask_tasks`` to ``counts`` keyed by (namespace, phase).
@@ -310,6 +341,7 @@ class OperatorMetrics:
 METRICS = OperatorMetrics(REGISTRY)
 
 record_task_phases = METRICS.record_task_phases
+record_budgets = METRICS.record_budgets
 record_attempt = METRICS.record_attempt
 record_retry = METRICS.record_retry
 record_cycle = METRICS.record_cycle

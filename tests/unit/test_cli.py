@@ -14,10 +14,10 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
     assert capsys.readouterr().out.strip() == __version__
 
 
-def test_crds_prints_both_crds(capsys: pytest.CaptureFixture[str]) -> None:
+def test_crds_prints_every_crd(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["crds"]) == 0
     names = [d["metadata"]["name"] for d in yaml.safe_load_all(capsys.readouterr().out)]
-    assert names == ["aitasks.aitask.dev", "executorclasses.aitask.dev"]
+    assert names == ["aitaskbudgets.aitask.dev", "aitasks.aitask.dev", "executorclasses.aitask.dev"]
 
 
 def test_agent_options_reach_the_agent_parser(capsys: pytest.CaptureFixture[str]) -> None:

@@ -192,6 +192,21 @@ async def patch_class_status(name: str, status: Mapping[str, Any]) -> None:
             raise
 
 
+async def patch_budget_status(namespace: str, name: str, status: Mapping[str, Any]) -> None:
+    """Merge-patch an AITaskBudget's status (period, spent, committed, remaining)."""
+    try:
+        await _call(
+            "patch",
+            "aitaskbudgets/status",
+            lambda: _client("custom").patch_namespaced_custom_object_status(
+                GROUP, VERSION, namespace, "aitaskbudgets", name, {"status": dict(status)}
+            ),
+        )
+    except ApiException as err:
+        if err.status != 404:
+            raise
+
+
 async def post_event(
     *,
     namespace: str,

@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 PAGE = 500
 WATCH_SECONDS = 300
 BACKOFF_SECONDS = (0.5, 1, 2, 5, 10)
+ABSENT_RETRY_SECONDS = 60
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,9 @@ class Kind:
     path: str  # e.g. /api/v1/pods or /apis/batch/v1/namespaces/ns/jobs
     view: Callable[[Mapping[str, Any]], Any]  # object -> view; None to ignore the object
     label_selector: str = ""
+    # An optional kind may be missing from the cluster (a CRD not installed yet, e.g. after a chart
+    # upgrade, which does not upgrade CRDs): a 404 counts as an empty list, asked again every minute.
+    optional: bool = False
 
 
 @dataclass
@@ -107,6 +111,9 @@ class Informer:
             try:
                 version: str | None = self._list()
                 failures = 0
+                if version is None:  # an optional kind the cluster does not serve
+                    self._stop.wait(ABSENT_RETRY_SECONDS)
+                    continue
                 while version is not None and not self._stop.is_set():
                     version = self._watch(version)  # None after a 410 Gone: list again
             except Exception as err:  # noqa: BLE001 - an informer never dies: it lists again
@@ -134,7 +141,7 @@ class Informer:
             raise ApiException(status=response.status, reason=f"{response.reason}: {body[:300]!r}")
         return response.response
 
-    def _list(self) -> str:
+    def _list(self) -> str | None:
         items: dict[str, Any] = {}
         token = ""
         version = ""
@@ -144,7 +151,18 @@ class Informer:
                 query.append(("continue", token))
             if self.kind.label_selector:
                 query.append(("labelSelector", self.kind.label_selector))
-            response = self._request(query, 60)
+            try:
+                response = self._request(query, 60)
+            except ApiException as err:
+                if err.status == 404 and self.kind.optional:
+                    log.warning(
+                        "%s: not served by the API server (CRD not installed?); asked again in %ss",
+                        self.kind.name,
+                        ABSENT_RETRY_SECONDS,
+                    )
+                    self._post(self._replace, {})
+                    return None
+                raise
             page = json.loads(response.data)
             response.release_conn()
             for obj in page.get("items") or []:

@@ -286,9 +286,34 @@ def executorclass_crd() -> SchemaDict:
     )
 
 
+def aitaskbudget_crd() -> SchemaDict:
+    """The AITaskBudget CRD: a namespace's spending cap per period, with spent and remaining in its status."""
+    spec = schema_of(api.AITaskBudgetSpec)
+    _bound_strings_and_lists(spec)
+    spec["description"] = "What the AITasks of this namespace may spend per period."
+    return _crd(
+        kind="AITaskBudget",
+        plural="aitaskbudgets",
+        singular="aitaskbudget",
+        scope="Namespaced",
+        short_names=["aitb"],
+        spec=spec,
+        status=_status_of(api.AITaskBudgetStatus),
+        columns=[
+            {"name": "Period", "type": "string", "jsonPath": ".spec.period"},
+            {"name": "Max-Cost", "type": "number", "jsonPath": ".spec.maxCost"},
+            {"name": "Spent", "type": "number", "jsonPath": ".status.spentCost"},
+            {"name": "Remaining", "type": "number", "jsonPath": ".status.remainingCost"},
+            {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+        ],
+        description="A namespace budget for AITasks: cost and accelerator-hours per period.",
+    )
+
+
 def all_crds() -> dict[str, SchemaDict]:
     """File name -> CRD, as committed under crds/."""
     return {
+        "aitask.dev_aitaskbudgets.yaml": aitaskbudget_crd(),
         "aitask.dev_aitasks.yaml": aitask_crd(),
         "aitask.dev_executorclasses.yaml": executorclass_crd(),
     }

@@ -674,3 +674,60 @@ class AITask(StatusModel):
     @property
     def key(self) -> str:
         return f"{self.metadata.namespace or 'default'}/{self.metadata.name}"
+
+
+# --------------------------------------------------------------------------- AITaskBudget
+
+
+class BudgetPeriod(StrEnum):
+    """The window a namespace budget is counted over: calendar periods in UTC (weeks start on Monday)."""
+
+    HOUR = "Hour"
+    DAY = "Day"
+    WEEK = "Week"
+    MONTH = "Month"
+
+
+class AITaskBudgetSpec(Model):
+    """What the AITasks of one namespace may spend per period; admission holds what would exceed it."""
+
+    period: BudgetPeriod = Field(BudgetPeriod.DAY, description="Hour, Day, Week or Month (UTC calendar).")
+    max_cost: float | None = Field(
+        None,
+        ge=0,
+        le=MAX_PRICE * 1e3,
+        description="Cost per period in the ExecutorClass prices' currency: attempts' runtime in the period at "
+        "their plan's rate, plus what running attempts are still expected to cost.",
+    )
+    accelerator_hours: dict[str, Annotated[float, Field(ge=0, le=1e9)]] = Field(
+        default_factory=dict,
+        description="Accelerator-hours per period per ExecutorClass name; the key '*' caps all classes together.",
+    )
+
+
+class AcceleratorHoursStatus(StatusModel):
+    used: float = Field(0, description="Accelerator-hours run in the period so far.")
+    committed: float = Field(0, description="Accelerator-hours running attempts are still expected to take.")
+    limit: float = Field(0, description="The spec's cap.")
+    remaining: float = Field(0, description="limit - used - committed (never below 0).")
+
+
+class AITaskBudgetStatus(StatusModel):
+    window_start: datetime | None = Field(None, description="Start of the current period.")
+    window_end: datetime | None = Field(None, description="End of the current period (the budget resets then).")
+    spent_cost: float = Field(0, description="Cost of the attempts' runtime within the period so far.")
+    committed_cost: float = Field(0, description="What the running attempts are still expected to cost.")
+    remaining_cost: float | None = Field(None, description="maxCost - spent - committed (never below 0).")
+    accelerator_hours: dict[str, AcceleratorHoursStatus] = Field(
+        default_factory=dict, description="Per capped class (or '*')."
+    )
+    conditions: list[Condition] = Field(default_factory=list, description="Exhausted: True when nothing is left.")
+    observed_generation: int | None = Field(None, description="The spec generation last processed.")
+
+
+class AITaskBudget(StatusModel):
+    api_version: Literal["aitask.dev/v1alpha1"] = API_VERSION
+    kind: Literal["AITaskBudget"] = "AITaskBudget"
+    metadata: ObjectMeta
+    spec: AITaskBudgetSpec
+    status: AITaskBudgetStatus = Field(default_factory=AITaskBudgetStatus)

@@ -19,7 +19,7 @@ Nothing here does I/O or reads a clock, so a cycle can be replayed from recorded
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -37,10 +37,12 @@ from aitask.api.v1alpha1 import (
     TaskPhase,
 )
 from aitask.control.decisions import Retry, Telemetry, decide_task, wire
+from aitask.control.limits import InPlay, limits_phase
 from aitask.core import conditions as cond
 from aitask.core import estimator, progress, scheduler, snapshot
+from aitask.core.budgets import BudgetUse, Spend
 from aitask.core.dag import find_cycle
-from aitask.core.observed import JobView, PodView
+from aitask.core.observed import JobView, PodView, QuotaView
 from aitask.core.progress import EventSpec, Ready, TaskProgress
 from aitask.core.quantity import GIB, parse_quantity
 from aitask.core.reasons import ConditionType, Reason
@@ -81,8 +83,9 @@ class FinishedTask:
     namespace: str
     name: str
     uid: str
-    phase: str  # Succeeded | Failed | Invalid
+    phase: str  # Succeeded | Failed | Invalid | Cancelled
     finalizers: tuple[str, ...] = ()
+    spends: tuple[Spend, ...] = ()  # its attempts, for namespace budgets (core.budgets)
 
 
 @dataclass(frozen=True)
@@ -103,6 +106,8 @@ class ClusterView:
     rejected: Mapping[str, tuple[int | None, str]] = field(default_factory=dict)
     # Jobs the operator created that the watch has not shown yet: namespace -> names.
     unseen_jobs: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    quotas: Sequence[QuotaView] = ()  # ResourceQuotas of the watched namespaces
+    budgets: Sequence[Mapping[str, Any]] = ()  # AITaskBudget bodies
 
 
 @dataclass(frozen=True)
@@ -182,6 +187,8 @@ class CycleOutcome:
     class_status: Mapping[str, dict[str, Any]]  # class -> whole new status, only changed ones
     stats: CycleStats
     warnings: tuple[str, ...] = ()
+    budget_status: Mapping[tuple[str, str], dict[str, Any]] = field(default_factory=dict)  # material changes only
+    budgets: Mapping[tuple[str, str], BudgetUse] = field(default_factory=dict)  # every budget's figures (metrics)
 
 
 @dataclass
@@ -790,9 +797,12 @@ def decisions_phase(
                     uid=task.metadata.uid or "",
                     status=wire_new if changed else None,
                     create_jobs=decision.creates,
-                    delete_jobs=prog.delete_jobs,
+                    delete_jobs=prog.delete_jobs + decision.delete_jobs,
                     events=decision.events if changed or decision.creates else (),
-                    finished=tuple(EndedAttempt(a.class_name, a.result, est, a.actual_cost) for a, est in prog.finished)
+                    finished=tuple(
+                        EndedAttempt(a.class_name, a.result, est, a.actual_cost)
+                        for a, est in (*prog.finished, *decision.finished)
+                    )
                     if changed
                     else (),
                     retries=decision.retries,
@@ -871,7 +881,19 @@ def run_cycle(view: ClusterView, params: CycleParams, now: datetime, cache: Cycl
     parse_phase(view, work, cache)
     progress_phase(view, work, infos, params, cache)
     learning = learning_phase(work, ecs, params)
+    limited = limits_phase(
+        [InPlay(work.tasks[k], p, work.jobs.get(k, []), work.bodies[k]) for k, p in work.progresses.items()],
+        view.pods,
+        view.quotas,
+        view.budgets,
+        [(rec.namespace, s) for rec in view.finished for s in rec.spends],
+        infos,
+        now,
+    )
+    warnings.extend(limited.warnings)
+    work.wakeups.extend(limited.wakeups)
     snap, queue = snapshot_phase(view, work, infos, learning, params)
+    snap = replace(snap, limits=limited.limits)
     sched_params = SchedulerParams(
         policy=params.policy, ageing_seconds=params.ageing_seconds, low_gpu_util_percent=params.low_gpu_util_percent
     )
@@ -889,4 +911,11 @@ def run_cycle(view: ClusterView, params: CycleParams, now: datetime, cache: Cycl
         derived=work.derived,
         next_wakeup=min(work.wakeups) if work.wakeups else None,
     )
-    return CycleOutcome(tasks=tuple(work.outcomes), class_status=class_status, stats=stats, warnings=tuple(warnings))
+    return CycleOutcome(
+        tasks=tuple(work.outcomes),
+        class_status=class_status,
+        stats=stats,
+        warnings=tuple(warnings),
+        budget_status=limited.writes,
+        budgets=limited.budgets,
+    )

@@ -17,7 +17,9 @@ from aitask.api.v1alpha1 import (
     AITask,
     AITaskStatus,
     Alternative,
+    Attempt,
     AttemptResult,
+    BudgetPolicy,
     ExecutorClass,
     ExecutorClassStatus,
     Plan,
@@ -25,6 +27,7 @@ from aitask.api.v1alpha1 import (
     SubtaskPhase,
     SubtaskStatus,
     TaskMetrics,
+    TaskPhase,
 )
 from aitask.build.jobs import build_job
 from aitask.core import conditions as cond
@@ -32,6 +35,7 @@ from aitask.core import progress
 from aitask.core.progress import EventSpec, Ready, TaskProgress
 from aitask.core.quantity import format_cpu, format_memory
 from aitask.core.reasons import ConditionType, Reason
+from aitask.core.scheduling import admit, limits
 from aitask.core.types import Admission, Deferral, Demand, Option, SubtaskKey
 from aitask.core.usage import combine
 
@@ -60,6 +64,8 @@ class TaskDecision:
     events: tuple[EventSpec, ...]
     retries: tuple[Retry, ...]
     pending_classes: tuple[str, ...]  # best class of each deferral ("none" when no class is feasible)
+    delete_jobs: tuple[str, ...] = ()  # running attempts stopped because the task failed here (budget)
+    finished: tuple[tuple[Attempt, float | None], ...] = ()  # the attempts those ended
 
 
 def wire(status: AITaskStatus | ExecutorClassStatus) -> dict[str, Any]:
@@ -190,6 +196,16 @@ def _telemetry_condition(
     return list(conds)
 
 
+#: The Planned condition's reason for each deferral reason of the scheduler; the first in this order is shown.
+_DEFERRAL_REASONS: Mapping[str, Reason] = {
+    admit.NO_FEASIBLE_CLASS: Reason.NO_FEASIBLE_CLASS,
+    limits.BUDGET_EXCEEDED: Reason.BUDGET_EXCEEDED,
+    limits.WAITING_FOR_QUOTA: Reason.WAITING_FOR_QUOTA,
+    limits.WAITING_FOR_BUDGET: Reason.WAITING_FOR_BUDGET,
+}
+_SEVERITY = {name: i for i, name in enumerate(_DEFERRAL_REASONS)}
+
+
 def _planned_condition(
     conds: Sequence[Any],
     deferrals: Sequence[Deferral],
@@ -198,8 +214,8 @@ def _planned_condition(
     gen: int | None,
 ) -> list[Any]:
     if deferrals:
-        worst = next((d for d in deferrals if d.reason == "NoFeasibleClass"), deferrals[0])
-        reason = Reason.NO_FEASIBLE_CLASS if worst.reason == "NoFeasibleClass" else Reason.WAITING_FOR_CAPACITY
+        worst = min(deferrals, key=lambda d: _SEVERITY.get(d.reason, len(_SEVERITY)))
+        reason = _DEFERRAL_REASONS.get(worst.reason, Reason.WAITING_FOR_CAPACITY)
         out, _ = cond.set_condition(
             conds,
             type_=ConditionType.PLANNED,
@@ -273,7 +289,20 @@ def decide_task(
     conds = list(status.conditions)
     if not status.phase.final:
         conds = _planned_condition(conds, deferrals, ordered, now, gen)
-    phase, conds = progress.settle(status.phase, conds, ordered, now, gen)
+    phase = status.phase
+    delete: list[str] = []
+    ended: list[tuple[Attempt, float | None]] = []
+    over = next((d for d in deferrals if d.reason == limits.BUDGET_EXCEEDED), None)
+    budget = task.spec.budget
+    if over is not None and budget is not None and budget.on_exceeded == BudgetPolicy.FAIL and not admissions:
+        # The task's own budget rules out every class for this sub-task, and the user chose to fail.
+        phase = TaskPhase.FAILED
+        message = f"{over.key.subtask}: {over.message}"
+        ordered = progress.release(ordered, phase, now, delete, ended)
+        conds = progress.end_conditions(conds, phase, Reason.BUDGET_EXCEEDED, message, now, gen)
+        events.append(EventSpec("Warning", Reason.BUDGET_EXCEEDED, f"task failed: {message}"))
+        status = status.model_copy(update={"completion_time": now})
+    phase, conds = progress.settle(phase, conds, ordered, now, gen)
     running = any(s.phase == SubtaskPhase.RUNNING for s in ordered)
     conds = _telemetry_condition(conds, telemetry, now, gen, active=running)
     est = [s.plan.estimated_cost for s in ordered if s.plan]
@@ -289,5 +318,11 @@ def decide_task(
         }
     )
     return TaskDecision(
-        status=new, creates=tuple(creates), events=tuple(events), retries=tuple(retries), pending_classes=tuple(pending)
+        status=new,
+        creates=tuple(creates),
+        events=tuple(events),
+        retries=tuple(retries),
+        pending_classes=tuple(pending),
+        delete_jobs=tuple(delete),
+        finished=tuple(ended),
     )

@@ -204,3 +204,39 @@ def pod_view(body: Mapping[str, Any]) -> PodView:
         requests=_sum_requests(spec),
         managed=LABEL_TASK in labels,
     )
+
+
+#: ResourceQuota scopes that every pod of ours falls in (they set requests and no activeDeadlineSeconds);
+#: a quota with any other scope (Terminating, BestEffort, PriorityClass, ...) is not read.
+OUR_QUOTA_SCOPES = frozenset({"NotTerminating", "NotBestEffort"})
+
+
+@dataclass(frozen=True)
+class QuotaView:
+    """A ResourceQuota: its ceilings and what its namespace holds (quantities as strings)."""
+
+    namespace: str
+    name: str
+    hard: Mapping[str, str]
+    used: Mapping[str, str]
+    scopes: tuple[str, ...] = ()
+
+    @property
+    def applies_to_ours(self) -> bool:
+        return all(scope in OUR_QUOTA_SCOPES for scope in self.scopes)
+
+
+def quota_view(body: Mapping[str, Any]) -> QuotaView:
+    meta = body.get("metadata") or {}
+    spec = body.get("spec") or {}
+    status = body.get("status") or {}
+    scopes = list(spec.get("scopes") or [])
+    for expr in (spec.get("scopeSelector") or {}).get("matchExpressions") or []:
+        scopes.append(str(expr.get("scopeName", "")))
+    return QuotaView(
+        namespace=meta.get("namespace", ""),
+        name=meta.get("name", ""),
+        hard={str(k): str(v) for k, v in (status.get("hard") or spec.get("hard") or {}).items()},
+        used={str(k): str(v) for k, v in (status.get("used") or {}).items()},
+        scopes=tuple(scopes),
+    )

@@ -630,7 +630,16 @@ def release(
             delete.append(s.job)
             history = list(s.history)
             if history and history[-1].result == AttemptResult.RUNNING:
-                history[-1] = _upd(history[-1], result=AttemptResult.CANCELLED, reason=why, finish_time=now)
+                secs = _seconds(history[-1].start_time, now)
+                plan = s.plan
+                history[-1] = _upd(
+                    history[-1],
+                    result=AttemptResult.CANCELLED,
+                    reason=why,
+                    finish_time=now,
+                    actual_seconds=secs,
+                    actual_cost=_cost_of(secs, plan.estimated_cost, plan.estimated_seconds) if plan else None,
+                )
                 finished.append((history[-1], s.plan.estimated_cost if s.plan else None))
             out.append(_upd(s, phase=SubtaskPhase.SKIPPED, message=f"stopped: {why}", history=history))
         elif s.phase not in _TERMINAL:

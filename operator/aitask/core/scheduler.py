@@ -48,7 +48,7 @@ from aitask.core.costmodel import (
     score_with_wait,
     unknown_busy_units,
 )
-from aitask.core.scheduling import admit
+from aitask.core.scheduling import admit, limits
 from aitask.core.scheduling.books import NodeBooks
 from aitask.core.scheduling.evaluation import Choice, Evaluation, Evaluator
 from aitask.core.scheduling.queueplan import arrival_order, plan_queue, smith_order
@@ -97,10 +97,60 @@ class _Cycle:
             if backlog > 0:
                 self.backlog[name] = backlog
         self.evaluator = Evaluator(classes, self.capacity, snapshot.learned, params)
+        self.limits = limits.LimitBooks(snapshot.limits)
+
+    def _within_limits(self, d: Demand, evaluation: Evaluation) -> tuple[Evaluation, tuple[str, str] | None]:
+        """The evaluation with the classes a quota or budget rules out (at the cycle's start) made infeasible;
+        when that leaves none, the deferral reason and message."""
+        kept: list[Choice] = []
+        out: list[Option] = []
+        reasons: list[str] = []
+        for c in evaluation.feasible:
+            amounts = limits.charge(d, self.snapshot.classes[c.name], c.request, c.runtime, c.money)
+            broken = self.limits.violation(d, self.snapshot.classes[c.name], amounts)
+            if broken is None:
+                kept.append(c)
+            else:
+                reasons.append(broken[0])
+                out.append(
+                    Option(
+                        class_name=c.name,
+                        feasible=False,
+                        reason=broken[1],
+                        runtime_seconds=c.runtime,
+                        cost=c.money,
+                        estimate_source=c.source,
+                    )
+                )
+        if not out:
+            return evaluation, None
+        ranked = tuple(sorted(range(len(kept)), key=lambda j: (kept[j].base, kept[j].name)))
+        limited = Evaluation(
+            feasible=tuple(kept),
+            infeasible=(*out, *evaluation.infeasible),
+            best_runtime=min((c.runtime for c in kept), default=math.inf),
+            ranked=ranked,
+        )
+        if kept:
+            return limited, None
+        return limited, (limits.blocking_reason(reasons), "; ".join(o.reason for o in out[:3]))
+
+    def _over_limit(self, d: Demand, choice: Choice) -> tuple[str, str] | None:
+        if not self.snapshot.limits:
+            return None
+        amounts = limits.charge(d, self.snapshot.classes[choice.name], choice.request, choice.runtime, choice.money)
+        return self.limits.violation(d, self.snapshot.classes[choice.name], amounts)
 
     def run(self) -> CycleResult:
         demands = self.snapshot.demands
         evaluations = [self.evaluator.evaluate(d) for d in demands]
+        blocked: dict[int, tuple[str, str]] = {}
+        if self.snapshot.limits:
+            for i, d in enumerate(demands):
+                if self.limits.applicable(d):
+                    evaluations[i], why = self._within_limits(d, evaluations[i])
+                    if why is not None:
+                        blocked[i] = why
         admitted: list[Admission] = []
         deferred: list[Deferral] = []
         policy = self.params.policy
@@ -123,7 +173,11 @@ class _Cycle:
             d = demands[i]
             evaluation = evaluations[i]
             if not evaluation.feasible:
-                deferred.append(admit.no_class(d, evaluation, self.params.max_alternatives))
+                if i in blocked:
+                    alts = evaluation.infeasible[: self.params.max_alternatives + 1]
+                    deferred.append(admit.limited(d, *blocked[i], alts))
+                else:
+                    deferred.append(admit.no_class(d, evaluation, self.params.max_alternatives))
                 continue
             # The cost policy only looks at its shortlist (lowest static F first; the plan's
             # candidates are among them); the baselines look at every feasible class.
@@ -161,6 +215,9 @@ class _Cycle:
         wait = waits[best]
         options = admit.options(d, evaluation, waits, scores, self.params.max_alternatives, first=best)
         if wait <= _EPS:
+            broken = self._over_limit(d, choice)
+            if broken is not None:  # an admission earlier in this cycle took what the limit had left
+                return self._within_books(d, evaluation, waits, scores, broken, options)
             placed, fitted = self.books.place(choice.name, choice.request, d.pods)
             if placed:
                 return self._admit(d, choice, placed, options)
@@ -177,6 +234,26 @@ class _Cycle:
                 return admit.capacity_deferral(d, choice, options, fitted)
         return admit.waiting(d, choice, wait, options, planned=planned)
 
+    def _within_books(
+        self,
+        d: Demand,
+        evaluation: Evaluation,
+        waits: dict[int, float],
+        scores: dict[int, float],
+        broken: tuple[str, str],
+        options: list[Option],
+    ) -> Admission | Deferral:
+        """The planned class broke a limit: the next best class free now and within every limit, else wait."""
+        for j in sorted(scores, key=lambda j: (scores[j], evaluation.feasible[j].name)):
+            other = evaluation.feasible[j]
+            if waits[j] > _EPS or self._over_limit(d, other) is not None:
+                continue
+            placed, _ = self.books.place(other.name, other.request, d.pods)
+            if placed:
+                limit = self.params.max_alternatives
+                return self._admit(d, other, placed, admit.options(d, evaluation, waits, scores, limit, first=j))
+        return admit.limited(d, *broken, options)
+
     def _agnostic(
         self, d: Demand, evaluation: Evaluation, waits: dict[int, float], scores: dict[int, float]
     ) -> Admission | Deferral:
@@ -190,6 +267,8 @@ class _Cycle:
         fitted_best = 0
         for j in candidates:
             choice = feasible[j]
+            if self._over_limit(d, choice) is not None:
+                continue
             placed, fitted = self.books.place(choice.name, choice.request, d.pods)
             if placed:
                 return self._admit(d, choice, placed, admit.options(d, evaluation, waits, scores, limit, first=j))
@@ -199,8 +278,11 @@ class _Cycle:
         return admit.capacity_deferral(d, first, options, fitted_best)
 
     def _admit(self, d: Demand, choice: Choice, placed: list[int], options: list[Option]) -> Admission:
-        """Book the placed pods on the timelines, and return the admission."""
+        """Book the placed pods on the timelines and the limits, and return the admission."""
         self.timeline[choice.name].reserve(choice.units, choice.runtime)
+        if self.snapshot.limits:
+            cls = self.snapshot.classes[choice.name]
+            self.limits.book(d, limits.charge(d, cls, choice.request, choice.runtime, choice.money))
         for other, units in self.books.shared_units(choice.name, choice.request, placed).items():
             self.timeline[other].reserve(units, choice.runtime)
         return admit.admission(d, choice, [self.books.names[i] for i in placed], options)

@@ -130,6 +130,34 @@ class Running:
     cpu: float  # total cores over its pods
 
 
+QUOTA = "ResourceQuota"
+NAMESPACE_BUDGET = "AITaskBudget"
+TASK_BUDGET = "TaskBudget"
+
+
+@dataclass(frozen=True)
+class Limit:
+    """One object that caps admission: a ResourceQuota, an AITaskBudget, or a task's own budget."""
+
+    kind: str  # QUOTA | NAMESPACE_BUDGET | TASK_BUDGET
+    name: str  # object name (the task's key for a task budget)
+    namespace: str
+    hard: Mapping[str, float]
+    used: Mapping[str, float] = field(default_factory=dict)
+    task: str | None = None  # "namespace/name": applies to that task's demands only
+
+    def applies(self, d: Demand) -> bool:
+        if d.key.namespace != self.namespace:
+            return False
+        return self.task is None or self.task == f"{d.key.namespace}/{d.key.task}"
+
+    @property
+    def title(self) -> str:
+        if self.kind == TASK_BUDGET:
+            return "the task's budget"
+        return f"{self.kind} {self.name}"
+
+
 @dataclass(frozen=True)
 class Snapshot:
     """Everything one scheduling cycle may look at. Built fresh for every cycle."""
@@ -140,6 +168,7 @@ class Snapshot:
     demands: tuple[Demand, ...]
     running: tuple[Running, ...] = ()
     learned: Mapping[tuple[str, str], Learned] = field(default_factory=dict)  # (profile, class)
+    limits: tuple[Limit, ...] = ()  # ResourceQuotas and budgets (core.scheduling.limits)
 
 
 @dataclass(frozen=True)

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 from aitask.control.cycle import FinishedTask, is_finished
+from aitask.core.budgets import spends
 
 _META = (
     "name",
@@ -39,6 +41,7 @@ def aitask_entry(body: Mapping[str, Any]) -> FinishedTask | dict[str, Any]:
             uid=meta.get("uid", ""),
             phase=status["phase"],
             finalizers=tuple(meta.get("finalizers") or ()),
+            spends=spends(body.get("spec") or {}, status, datetime.now(UTC)),
         )
     return {
         "apiVersion": body.get("apiVersion"),
@@ -67,6 +70,17 @@ def class_entry(body: Mapping[str, Any]) -> dict[str, Any]:
     meta = body.get("metadata") or {}
     return {
         "metadata": {k: copy.deepcopy(meta[k]) for k in ("name", "uid", "generation") if meta.get(k) is not None},
+        "spec": copy.deepcopy(dict(body.get("spec") or {})),
+        "status": copy.deepcopy(dict(body.get("status") or {})),
+    }
+
+
+def budget_entry(body: Mapping[str, Any]) -> dict[str, Any]:
+    """An AITaskBudget: what the limits phase parses (metadata it reads, spec, status)."""
+    meta = body.get("metadata") or {}
+    keep = ("name", "namespace", "uid", "generation", "resourceVersion")
+    return {
+        "metadata": {k: copy.deepcopy(meta[k]) for k in keep if meta.get(k) is not None},
         "spec": copy.deepcopy(dict(body.get("spec") or {})),
         "status": copy.deepcopy(dict(body.get("status") or {})),
     }

@@ -50,7 +50,7 @@ from aitask.control.cycle import (
     run_cycle,
     task_key,
 )
-from aitask.core.observed import JobView, PodView
+from aitask.core.observed import JobView, PodView, QuotaView
 from aitask.handlers import peering
 from aitask.settings import OperatorSettings, load_settings
 
@@ -118,6 +118,7 @@ class Engine:
     legacy_done: bool = False  # a scan found no AITask left with it
     sent: dict[tuple[str, str, str], float] = field(default_factory=dict)  # (verb, ns, job) -> when
     created: dict[tuple[str, str], float] = field(default_factory=dict)  # (ns, job) created, not seen yet
+    budget_written: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)  # last budget statuses
 
     def healthy(self) -> bool:
         """Liveness: a few failed cycles in a row (an API outage, a bug) make a restart worthwhile."""
@@ -168,6 +169,8 @@ class Engine:
             "job_index": {"all": inf.values("jobs")},
             "pod_index": {"all": inf.values("pods")},
             "node_index": {"all": inf.values("nodes")},
+            "quota_index": {"all": inf.values("resourcequotas")},
+            "budget_index": {"all": inf.values("aitaskbudgets")},
         }
 
     def changed(self, kind: str, old: Any, new: Any) -> None:
@@ -331,6 +334,8 @@ class Engine:
                 nodes=_values(indexes["node_index"]),
                 classes=_values(indexes["executorclass_index"]),
                 rejected=dict(self.rejected),
+                quotas=[q for q in _values(indexes.get("quota_index", {})) if isinstance(q, QuotaView)],
+                budgets=_values(indexes.get("budget_index", {})),
             )
             view = replace(view, unseen_jobs=self._unseen(view.jobs))
             now = datetime.now(UTC)
@@ -352,6 +357,12 @@ class Engine:
         metrics.record_cycle(duration, admitted, outcome.stats.pending_by_class)
         metrics.record_cycle_work(outcome.stats.parsed, outcome.stats.derived)
         metrics.record_task_phases(outcome.stats.tasks_by_phase)
+        figures: dict[tuple[str, str, str], tuple[float, float, float]] = {}
+        for (namespace, name), use in outcome.budgets.items():
+            for resource, limit in use.limit.hard.items():
+                spent = use.limit.used.get(resource, 0.0)
+                figures[(namespace, name, resource)] = (limit, spent, max(0.0, limit - spent))
+        metrics.record_budgets(figures)
         for run in outcome.stats.observations:
             if run.estimated_seconds:
                 metrics.record_runtime(run.class_name, run.estimated_seconds, run.actual_seconds)
@@ -436,6 +447,10 @@ class Engine:
             tasks.append(worker)
         if outcome.class_status:
             tasks.append(asyncio.create_task(self._write_classes(outcome.class_status)))
+        budgets = {k: v for k, v in outcome.budget_status.items() if self.budget_written.get(k) != v}
+        if budgets:
+            self.budget_written.update(budgets)
+            tasks.append(asyncio.create_task(self._write_budgets(budgets)))
         return tasks
 
     def _done(self, key: str, task: asyncio.Task[None]) -> None:
@@ -552,6 +567,15 @@ class Engine:
             except ApiException as err:
                 metrics.record_reconcile_error("ExecutorClass", f"api_{err.status}")
                 log.warning("status of ExecutorClass %s not written: %s", name, err.reason)
+
+    async def _write_budgets(self, statuses: Mapping[tuple[str, str], dict[str, Any]]) -> None:
+        for (namespace, name), status in statuses.items():
+            try:
+                await kube.patch_budget_status(namespace, name, status)
+            except ApiException as err:
+                self.budget_written.pop((namespace, name), None)
+                metrics.record_reconcile_error("AITaskBudget", f"api_{err.status}")
+                log.warning("status of AITaskBudget %s/%s not written: %s", namespace, name, err.reason)
 
     def _clean_legacy_finalizers(self) -> None:
         """Start (in the background, never in the way of a cycle) the removal of the old finalizer."""

@@ -12,8 +12,8 @@ from aitask import metrics
 from aitask.adapters import kube
 from aitask.adapters.watch import Informers, Kind
 from aitask.api.v1alpha1 import GROUP, VERSION
-from aitask.core.observed import LABEL_TASK, job_view, pod_view
-from aitask.handlers.indexes import aitask_entry, class_entry, node_entry
+from aitask.core.observed import LABEL_TASK, job_view, pod_view, quota_view
+from aitask.handlers.indexes import aitask_entry, budget_entry, class_entry, node_entry
 from aitask.handlers.peering import peering_entry
 from aitask.handlers.scheduler import SETTINGS, Engine
 
@@ -81,6 +81,10 @@ def start_informers(engine: Engine, namespaces: list[str]) -> Informers:
         informers.add(Kind("aitasks", f"/apis/{GROUP}/{VERSION}{scope}/aitasks", aitask_entry))
         informers.add(Kind("jobs", f"/apis/batch/v1{scope}/jobs", job_view, label_selector=LABEL_TASK))
         informers.add(Kind("pods", f"/api/v1{scope}/pods", pod_view))
+        informers.add(Kind("resourcequotas", f"/api/v1{scope}/resourcequotas", quota_view))
+        informers.add(
+            Kind("aitaskbudgets", f"/apis/{GROUP}/{VERSION}{scope}/aitaskbudgets", budget_entry, optional=True)
+        )
     informers.add(Kind("executorclasses", f"/apis/{GROUP}/{VERSION}/executorclasses", class_entry))
     if not engine.standalone:
         if namespaces:

@@ -164,3 +164,16 @@ def _secs(value: float | None) -> str:
 
 def _num(value: float | None) -> str:
     return "?" if value is None else f"{value:.1f}"
+
+
+def limited(d: Demand, reason: str, message: str, opts: Sequence[Option]) -> Deferral:
+    """A demand held by a quota or a budget (``core.scheduling.limits`` says which and why)."""
+    best = next((o for o in opts if o.feasible), None)
+    return Deferral(
+        key=d.key,
+        attempt=d.attempt,
+        reason=reason,
+        message=message,
+        best=best,
+        alternatives=tuple(o for o in opts if o is not best),
+    )

@@ -1,0 +1,216 @@
+"""The cycle's limits phase: ResourceQuotas, namespace budgets and task budgets as scheduler limits (pure).
+
+A ResourceQuota's ``status.used`` counts the pods and Jobs that exist. What the operator has
+admitted but the API server does not hold yet (a Job created moments ago, pods its controller
+has not created) is added here, so that two cycles in a row cannot both spend the same quota.
+Budgets are counted by ``core.budgets``; their new status is written only when a figure moved
+materially (the cost of running work grows every second; Prometheus has the exact figures).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from pydantic import ValidationError
+
+from aitask.api.v1alpha1 import AITask, AITaskBudget, SubtaskPhase
+from aitask.core import budgets
+from aitask.core.budgets import BudgetUse, Spend
+from aitask.core.observed import JobView, PodView, QuotaView
+from aitask.core.progress import TaskProgress
+from aitask.core.quantity import parse_quantity
+from aitask.core.types import QUOTA, ClassInfo, Limit
+
+
+def wire(model: Any) -> dict[str, Any]:
+    out: dict[str, Any] = model.model_dump(by_alias=True, exclude_none=True, mode="json")
+    return out
+
+
+# A budget's status is rewritten when what is left moved by this share of its cap (or the period turned).
+MATERIAL_SHARE = 0.005
+
+
+@dataclass(frozen=True)
+class InPlay:
+    """One task the cycle works on: its parsed object, progress, Jobs and raw body."""
+
+    task: AITask
+    progress: TaskProgress
+    jobs: Sequence[JobView]
+    body: Mapping[str, Any]
+
+
+@dataclass
+class LimitsResult:
+    limits: tuple[Limit, ...] = ()
+    budgets: dict[tuple[str, str], BudgetUse] = field(default_factory=dict)
+    writes: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)  # only material changes
+    wakeups: list[datetime] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+def _uncounted(
+    play: InPlay, live_pods: Mapping[tuple[str, str], int], infos: Mapping[str, ClassInfo]
+) -> dict[str, float]:
+    """What the task's running attempts will hold that no quota counts yet: Jobs not created, pods not created."""
+    out: dict[str, float] = {}
+    ns = play.task.metadata.namespace or "default"
+    by_name = {j.name: j for j in play.jobs}
+
+    def add(resource: str, amount: float) -> None:
+        if amount:
+            out[resource] = out.get(resource, 0.0) + amount
+
+    for st in play.progress.status.subtasks:
+        plan = st.plan
+        if st.phase != SubtaskPhase.RUNNING or plan is None or not st.job:
+            continue
+        job = by_name.get(st.job)
+        at_once = max(1, len(plan.nodes))
+        if job is None:
+            add("count/jobs.batch", 1.0)
+        else:
+            at_once = min(at_once, job.parallelism, max(0, job.completions - job.succeeded))
+        missing = max(0, at_once - live_pods.get((ns, st.job), 0))
+        if not missing:
+            continue
+        cpu, memory = parse_quantity(plan.cpu or "0"), parse_quantity(plan.memory or "0")
+        for key in ("pods", "count/pods"):
+            add(key, float(missing))
+        for key in ("cpu", "requests.cpu"):
+            add(key, cpu * missing)
+        for key in ("memory", "requests.memory", "limits.memory"):
+            add(key, memory * missing)
+        info = infos.get(plan.class_name)
+        if plan.accelerators and info is not None and info.accelerator_resource:
+            res = info.accelerator_resource
+            for key in (res, f"requests.{res}", f"limits.{res}"):
+                add(key, float(plan.accelerators * missing))
+    return out
+
+
+def _quota_limits(
+    quotas: Iterable[QuotaView], uncounted: Mapping[str, Mapping[str, float]], warnings: list[str]
+) -> list[Limit]:
+    out = []
+    for q in quotas:
+        if not q.applies_to_ours:
+            continue
+        try:
+            hard = {k: parse_quantity(v) for k, v in q.hard.items()}
+            used = {k: parse_quantity(v) for k, v in q.used.items()}
+        except ValueError as err:
+            warnings.append(f"ResourceQuota {q.namespace}/{q.name}: {err}")
+            continue
+        extra = uncounted.get(q.namespace, {})
+        for key, amount in extra.items():
+            if key in hard:
+                used[key] = used.get(key, 0.0) + amount
+        out.append(Limit(QUOTA, q.name, q.namespace, hard, used))
+    return out
+
+
+def material(old: Mapping[str, Any], new: Mapping[str, Any], max_cost: float | None) -> bool:
+    """Whether a budget's new status is worth a write: the period, a condition or a figure moved enough."""
+    if old.get("windowStart") != new.get("windowStart") or old.get("observedGeneration") != new.get(
+        "observedGeneration"
+    ):
+        return True
+    if [(c.get("type"), c.get("status")) for c in old.get("conditions") or []] != [
+        (c.get("type"), c.get("status")) for c in new.get("conditions") or []
+    ]:
+        return True
+    step = max(0.01, MATERIAL_SHARE * (max_cost or 0.0))
+    for key in ("spentCost", "committedCost", "remainingCost"):
+        if abs(float(old.get(key) or 0.0) - float(new.get(key) or 0.0)) >= step:
+            return True
+    old_h, new_h = old.get("acceleratorHours") or {}, new.get("acceleratorHours") or {}
+    if set(old_h) != set(new_h):
+        return True
+    for cls, figures in new_h.items():
+        share = max(0.01, MATERIAL_SHARE * float(figures.get("limit") or 0.0))
+        for key in ("used", "committed", "remaining"):
+            if abs(float((old_h.get(cls) or {}).get(key) or 0.0) - float(figures.get(key) or 0.0)) >= share:
+                return True
+    return False
+
+
+def limits_phase(
+    plays: Iterable[InPlay],
+    pods: Iterable[PodView],
+    quotas: Sequence[QuotaView],
+    budget_bodies: Sequence[Mapping[str, Any]],
+    finished_spends: Iterable[tuple[str, Spend]],
+    infos: Mapping[str, ClassInfo],
+    now: datetime,
+) -> LimitsResult:
+    """Every limit that applies to this cycle's admissions, and the namespace budgets' figures."""
+    result = LimitsResult()
+    plays = list(plays)
+    limits: list[Limit] = []
+    if quotas:
+        live: dict[tuple[str, str], int] = {}
+        for pod in pods:
+            if pod.job and not pod.terminal:
+                live[(pod.namespace, pod.job)] = live.get((pod.namespace, pod.job), 0) + 1
+        quota_ns = {q.namespace for q in quotas}
+        uncounted: dict[str, dict[str, float]] = {}
+        for play in plays:
+            ns = play.task.metadata.namespace or "default"
+            if ns in quota_ns:
+                slot = uncounted.setdefault(ns, {})
+                for key, amount in _uncounted(play, live, infos).items():
+                    slot[key] = slot.get(key, 0.0) + amount
+        limits.extend(_quota_limits(quotas, uncounted, result.warnings))
+    for play in plays:
+        own = budgets.task_budget(play.task.model_copy(update={"status": play.progress.status}))
+        if own is not None:
+            limits.append(own)
+    if budget_bodies:
+        limits.extend(_namespace_budgets(plays, budget_bodies, finished_spends, infos, now, result))
+    result.limits = tuple(limits)
+    return result
+
+
+def _namespace_budgets(
+    plays: Sequence[InPlay],
+    bodies: Sequence[Mapping[str, Any]],
+    finished_spends: Iterable[tuple[str, Spend]],
+    infos: Mapping[str, ClassInfo],
+    now: datetime,
+    result: LimitsResult,
+) -> list[Limit]:
+    parsed: list[AITaskBudget] = []
+    for body in bodies:
+        try:
+            parsed.append(AITaskBudget.model_validate(body))
+        except ValidationError as err:
+            meta = body.get("metadata") or {}
+            result.warnings.append(f"AITaskBudget {meta.get('namespace')}/{meta.get('name')}: {err.errors()[:1]}")
+    wanted = {b.metadata.namespace or "default" for b in parsed}
+    spent: dict[str, list[Spend]] = {}
+    for ns, s in finished_spends:
+        if ns in wanted:
+            spent.setdefault(ns, []).append(s)
+    for play in plays:
+        ns = play.task.metadata.namespace or "default"
+        if ns in wanted:
+            status = wire(play.progress.status)
+            spent.setdefault(ns, []).extend(budgets.spends(play.body.get("spec") or {}, status, now))
+    gpu = frozenset(name for name, info in infos.items() if info.kind == "gpu")
+    out = []
+    for budget in parsed:
+        ns = budget.metadata.namespace or "default"
+        use = budgets.namespace_budget(budget, spent.get(ns, ()), gpu, now)
+        key = (ns, budget.metadata.name)
+        result.budgets[key] = use
+        result.wakeups.append(use.window_end)
+        new = wire(use.status)
+        if material(wire(budget.status), new, budget.spec.max_cost):
+            result.writes[key] = new
+        out.append(use.limit)
+    return out
