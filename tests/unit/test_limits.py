@@ -214,7 +214,12 @@ def test_namespace_budget_spent_committed_and_remaining() -> None:
 
 
 def test_budget_status_is_rewritten_only_for_material_changes() -> None:
-    old = {"windowStart": "a", "spentCost": 1.0, "committedCost": 0.0, "remainingCost": 9.0, "conditions": []}
-    assert not material(old, {**old, "spentCost": 1.001, "remainingCost": 8.999}, 10.0)
-    assert material(old, {**old, "spentCost": 1.2, "remainingCost": 8.8}, 10.0)
-    assert material(old, {**old, "windowStart": "b"}, 10.0)
+    written = T0.isoformat()
+    old = {"windowStart": "a", "spentCost": 1.0, "committedCost": 0.0, "remainingCost": 9.0, "conditions": [],
+           "updatedAt": written}
+    small = {**old, "spentCost": 1.001, "remainingCost": 8.999}
+    assert not material(old, small, 10.0, T0 + timedelta(seconds=5))
+    assert material(old, small, 10.0, T0 + timedelta(seconds=31))  # a small change is written after 30 s
+    assert not material(old, {**old}, 10.0, T0 + timedelta(hours=1))  # no change: never
+    assert material(old, {**old, "spentCost": 1.2, "remainingCost": 8.8}, 10.0, T0 + timedelta(seconds=1))
+    assert material(old, {**old, "windowStart": "b"}, 10.0, T0)

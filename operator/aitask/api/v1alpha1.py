@@ -723,6 +723,11 @@ class AITaskBudgetStatus(StatusModel):
     )
     conditions: list[Condition] = Field(default_factory=list, description="Exhausted: True when nothing is left.")
     observed_generation: int | None = Field(None, description="The spec generation last processed.")
+    updated_at: datetime | None = Field(
+        None,
+        description="When these figures were computed. They are rewritten when one moves by 0.5% of its cap, or "
+        "30 s after any smaller change; Prometheus has them every cycle.",
+    )
 
 
 class AITaskBudget(StatusModel):

@@ -19,7 +19,7 @@ from pydantic import ValidationError
 from aitask.api.v1alpha1 import AITask, AITaskBudget, SubtaskPhase
 from aitask.core import budgets
 from aitask.core.budgets import BudgetUse, Spend
-from aitask.core.observed import JobView, PodView, QuotaView
+from aitask.core.observed import JobView, PodView, QuotaView, parse_time
 from aitask.core.progress import TaskProgress
 from aitask.core.quantity import parse_quantity
 from aitask.core.types import QUOTA, ClassInfo, Limit
@@ -32,6 +32,7 @@ def wire(model: Any) -> dict[str, Any]:
 
 # A budget's status is rewritten when what is left moved by this share of its cap (or the period turned).
 MATERIAL_SHARE = 0.005
+REFRESH_SECONDS = 30.0
 
 
 @dataclass(frozen=True)
@@ -114,29 +115,39 @@ def _quota_limits(
     return out
 
 
-def material(old: Mapping[str, Any], new: Mapping[str, Any], max_cost: float | None) -> bool:
-    """Whether a budget's new status is worth a write: the period, a condition or a figure moved enough."""
-    if old.get("windowStart") != new.get("windowStart") or old.get("observedGeneration") != new.get(
-        "observedGeneration"
-    ):
-        return True
+def material(old: Mapping[str, Any], new: Mapping[str, Any], max_cost: float | None, now: datetime) -> bool:
+    """Whether a budget's new status is worth a write.
+
+    Yes when the period, the spec generation or a condition changed, or a figure moved by
+    ``MATERIAL_SHARE`` of its cap; any smaller change is written once the last write is
+    ``REFRESH_SECONDS`` old. The cost of running work grows every second: this bounds the writes.
+    """
+    for key in ("windowStart", "observedGeneration"):
+        if old.get(key) != new.get(key):
+            return True
     if [(c.get("type"), c.get("status")) for c in old.get("conditions") or []] != [
         (c.get("type"), c.get("status")) for c in new.get("conditions") or []
     ]:
         return True
-    step = max(0.01, MATERIAL_SHARE * (max_cost or 0.0))
-    for key in ("spentCost", "committedCost", "remainingCost"):
-        if abs(float(old.get(key) or 0.0) - float(new.get(key) or 0.0)) >= step:
-            return True
+    moved = False
+    steps = [
+        (key, MATERIAL_SHARE * (max_cost or 0.0), old, new) for key in ("spentCost", "committedCost", "remainingCost")
+    ]
     old_h, new_h = old.get("acceleratorHours") or {}, new.get("acceleratorHours") or {}
     if set(old_h) != set(new_h):
         return True
     for cls, figures in new_h.items():
-        share = max(0.01, MATERIAL_SHARE * float(figures.get("limit") or 0.0))
-        for key in ("used", "committed", "remaining"):
-            if abs(float((old_h.get(cls) or {}).get(key) or 0.0) - float(figures.get(key) or 0.0)) >= share:
-                return True
-    return False
+        share = MATERIAL_SHARE * float(figures.get("limit") or 0.0)
+        steps.extend((key, share, old_h.get(cls) or {}, figures) for key in ("used", "committed", "remaining"))
+    for key, step, before, after in steps:
+        delta = abs(float(before.get(key) or 0.0) - float(after.get(key) or 0.0))
+        if step > 0 and delta >= step:
+            return True
+        moved = moved or delta > 1e-9
+    if not moved:
+        return False
+    written = parse_time(old.get("updatedAt"))
+    return written is None or (now - written).total_seconds() >= REFRESH_SECONDS
 
 
 def limits_phase(
@@ -210,7 +221,7 @@ def _namespace_budgets(
         result.budgets[key] = use
         result.wakeups.append(use.window_end)
         new = wire(use.status)
-        if material(wire(budget.status), new, budget.spec.max_cost):
+        if material(wire(budget.status), new, budget.spec.max_cost, now):
             result.writes[key] = new
         out.append(use.limit)
     return out

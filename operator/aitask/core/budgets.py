@@ -162,6 +162,7 @@ def namespace_budget(
         accelerator_hours=acc,
         conditions=conds,
         observed_generation=budget.metadata.generation,
+        updated_at=now,
     )
     ns = budget.metadata.namespace or "default"
     return BudgetUse(Limit(NAMESPACE_BUDGET, budget.metadata.name, ns, hard, used), status, end)
