@@ -91,12 +91,16 @@ def test_job_view_reads_creation_time_and_suspend() -> None:
         (waiting_job(), [pending("t-train-1")], AFTER - 1, None),
         (waiting_job(), [], AFTER - 1, None),
         (waiting_job(suspended=True), [], AFTER * 10, None),
+        (replace(waiting_job(), created=at(-AFTER * 10), start_time=at(AFTER * 10 - 5)), [], AFTER * 10, None),
+        (replace(waiting_job(), start_time=None), [], AFTER, "Job t-train-1 without a pod for 300s: no pod created "
+                                                           "(refused by a ResourceQuota or an admission webhook? "
+                                                           "kubectl describe job t-train-1)"),
         (waiting_job(), [replace(pending("t-train-1"), deleting=True)], AFTER * 10, None),
         (replace(job("train", 1), created=T0), [replace(pending("t-train-1"), phase="Running")], AFTER * 10, None),
         (replace(job("train", 1, state="complete"), created=T0), [], AFTER * 10, None),
     ],
     ids=["image-pull", "unschedulable", "podless", "pod-before-threshold", "podless-before-threshold",
-         "suspended-for-kueue", "pod-deleting", "pod-running", "finished"],
+         "suspended-for-kueue", "resumed-moments-ago", "never-synced", "pod-deleting", "pod-running", "finished"],
 )
 def test_stuck_reason(jobv: JobView, pods: list[PodView], seconds: float, expected: str | None) -> None:
     assert stuck_reason(jobv, pods, at(seconds), AFTER) == expected

@@ -483,8 +483,10 @@ def _pending_since(job: JobView, pods: Sequence[PodView]) -> tuple[datetime, str
     """Since when a running attempt waits for its pods, what waits, and what the cluster says of it.
 
     The oldest Pending pod of the Job; or, for a Job with no pod at all, the Job itself (its pods
-    were refused: a ResourceQuota, an admission webhook). A suspended Job waits for Kueue (or a
-    user) and a finished one waits for nothing: neither is ever stuck.
+    were refused: a ResourceQuota, an admission webhook), counted from its ``startTime`` (set when
+    the Job controller first syncs it, and again when it is resumed: a Job Kueue admitted after an
+    hour in the queue is not stuck at once), else its creation. A suspended Job waits for Kueue (or
+    a user) and a finished one waits for nothing: neither is ever stuck.
     """
     if job.suspended or job.finished:
         return None
@@ -492,9 +494,10 @@ def _pending_since(job: JobView, pods: Sequence[PodView]) -> tuple[datetime, str
     if pending:
         since, name, waiting = min(pending)
         return since, f"pod {name} Pending", waiting
-    if not pods and job.active == 0 and job.succeeded == 0 and job.failed == 0 and job.created is not None:
+    started = job.start_time or job.created
+    if not pods and job.active == 0 and job.succeeded == 0 and job.failed == 0 and started is not None:
         why = f"no pod created (refused by a ResourceQuota or an admission webhook? kubectl describe job {job.name})"
-        return job.created, f"Job {job.name} without a pod", why
+        return started, f"Job {job.name} without a pod", why
     return None
 
 
