@@ -40,11 +40,11 @@ REGISTRY = CollectorRegistry(auto_describe=True)
 
 #: Values of the ``result`` label of ``aitask_subtask_attempts_total``.
 ATTEMPT_RESULTS = frozenset(
-    {"succeeded", "failed", "oom_killed", "deadline_exceeded", "cancelled", "suspended", "other"}
+    {"succeeded", "failed", "oom_killed", "deadline_exceeded", "stuck", "cancelled", "suspended", "other"}
 )
 
 #: Values of the ``reason`` label of ``aitask_subtask_retries_total``.
-RETRY_REASONS = frozenset({"failed", "oom_killed", "deadline_exceeded", "other"})
+RETRY_REASONS = frozenset({"failed", "oom_killed", "deadline_exceeded", "stuck", "other"})
 
 #: Buckets for durations from a fraction of a second to a day.
 _LONG_SECONDS = (1, 5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400, 28800, 86400)

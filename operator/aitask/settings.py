@@ -35,6 +35,12 @@ class OperatorSettings(BaseSettings):
     job_ttl_seconds: int = Field(3600, ge=0, description="ttlSecondsAfterFinished on finished child Jobs.")
     retry_backoff_seconds: float = Field(10.0, ge=0, description="Base delay before a failed attempt is retried.")
     retry_backoff_max_seconds: float = Field(300.0, ge=0, description="Upper bound of the retry delay.")
+    stuck_after_seconds: float = Field(
+        300.0,
+        gt=0,
+        description="A running attempt with a pod Pending this long (unschedulable, image-pull back-off, ...), "
+        "or a Job this long without a pod, is stuck: its Job is deleted and the sub-task retried.",
+    )
     metrics_port: int = Field(8080, ge=0, le=65535, description="Port of /metrics and /healthz (0 disables).")
     metrics_host: str = Field("0.0.0.0", description="Bind address of the metrics server.")  # noqa: S104
     prometheus_url: str = Field("", description="Prometheus base URL for GPU feedback; empty disables it.")

@@ -29,6 +29,7 @@ CHANGED: dict[str, Any] = {
     "classes": frozenset({"v100"}),
     "min_accelerator_memory_gib": 24.0,
     "excluded_classes": frozenset({"k80"}),
+    "avoided_classes": frozenset({"k80"}),
     "estimate_seconds": 60.0,
     "estimate_on_class": "v100",
     "estimate_by_class": {"v100": 60.0},

@@ -564,6 +564,7 @@ class AttemptResult(StrEnum):
     FAILED = "Failed"
     OOM_KILLED = "OOMKilled"
     DEADLINE_EXCEEDED = "DeadlineExceeded"
+    STUCK = "Stuck"  # its pods could not be created or stayed Pending past AITASK_STUCK_AFTER_SECONDS
     CANCELLED = "Cancelled"
     SUSPENDED = "Suspended"  # stopped by spec.suspend: not a failure, the sub-task resumes with a new attempt
 
@@ -583,9 +584,10 @@ class Attempt(StatusModel):
     class_name: str = Field(alias="class", description="ExecutorClass of the attempt.")
     result: AttemptResult = Field(
         AttemptResult.RUNNING,
-        description="Running, Succeeded, Failed, OOMKilled, DeadlineExceeded, Cancelled (stopped because the task "
-        "failed or was cancelled) or Suspended (stopped by spec.suspend; not a failure); a pod lost with its node "
-        "is replaced by the Job, not an attempt result.",
+        description="Running, Succeeded, Failed, OOMKilled, DeadlineExceeded, Stuck (its pods were not created or "
+        "stayed Pending too long; the Job was deleted), Cancelled (stopped because the task failed or was "
+        "cancelled) or Suspended (stopped by spec.suspend; not a failure); a pod lost with its node is replaced by "
+        "the Job, not an attempt result.",
     )
     exit_code: int | None = Field(None, description="Exit code of the failed container, if any.")
     reason: str = Field("", description="Why it ended this way.")

@@ -72,6 +72,7 @@ class CycleParams:
     job_ttl_seconds: int = 3600
     backoff_max_seconds: float = 300.0
     backoff_seconds: float = 10.0
+    stuck_after_seconds: float = progress.STUCK_AFTER_SECONDS
     low_gpu_util_percent: float = 30.0
     policy: Policy = Policy.COST
 
@@ -466,9 +467,10 @@ def progress_phase(
                     backoff_max_seconds=params.backoff_max_seconds,
                     backoff_seconds=params.backoff_seconds,
                     unseen=unseen,
+                    stuck_after_seconds=params.stuck_after_seconds,
                 )
                 work.derived += 1
-            wake = progress.next_change(task, prog.status, tjobs)
+            wake = progress.next_change(task, prog.status, tjobs, tpods, stuck_after_seconds=params.stuck_after_seconds)
             kept[key] = (sig, wake, prog)
             if wake is not None:
                 work.wakeups.append(wake)
@@ -636,6 +638,7 @@ def _task_queue(
             default_cost_weight=params.default_cost_weight,
             min_accel_memory_gib=r.min_accelerator_memory_gib,
             excluded=r.excluded_classes,
+            avoided=r.avoided_classes,
         )
         for name in infos:  # every figure the scheduler will compute must be a number
             seconds = estimates.estimate(demand, name).seconds

@@ -74,6 +74,8 @@ class JobView:
     estimated_seconds: float = 0.0
     parallelism: int = 1
     completions: int = 1
+    created: datetime | None = None  # metadata.creationTimestamp: a Job with no pod long after it is stuck
+    suspended: bool = False  # spec.suspend: held by Kueue (or a user), so having no pod is expected
 
     @property
     def finished(self) -> bool:
@@ -92,6 +94,11 @@ class PodView:
     deleting: bool
     requests: Mapping[str, str]  # summed container requests, as quantities
     managed: bool = False  # one of our child Jobs' pods (carries the aitask.dev/task label)
+    # Only for our own pods while Pending (other pods keep the defaults, so the views stay small):
+    # when it was created, and why it is not running yet ("ImagePullBackOff: Back-off pulling
+    # image ...", "Unschedulable: 0/9 nodes are available ..."); "" when nothing is said.
+    created: datetime | None = None
+    waiting: str = ""
 
     @property
     def terminal(self) -> bool:
@@ -138,6 +145,8 @@ def job_view(body: Mapping[str, Any]) -> JobView | None:
         ttl_seconds=(body.get("spec") or {}).get("ttlSecondsAfterFinished"),
         parallelism=int((body.get("spec") or {}).get("parallelism") or 1),
         completions=int((body.get("spec") or {}).get("completions") or 1),
+        created=parse_time(meta.get("creationTimestamp")),
+        suspended=bool((body.get("spec") or {}).get("suspend")),
         **_pod_shape(body, annotations),
     )
 
@@ -176,6 +185,29 @@ def _sum_requests(spec: Mapping[str, Any]) -> dict[str, str]:
     return {name: "+".join(values) for name, values in out.items()}
 
 
+MAX_WAITING = 200  # characters of a pending pod's reason kept in its view (and shown in Events)
+
+
+def _waiting(status: Mapping[str, Any]) -> str:
+    """Why a pending pod does not run: a container's waiting reason, else PodScheduled=False's."""
+    for cs in [*(status.get("initContainerStatuses") or []), *(status.get("containerStatuses") or [])]:
+        waiting = (cs.get("state") or {}).get("waiting") or {}
+        reason = waiting.get("reason") or ""
+        if reason and reason not in ("ContainerCreating", "PodInitializing"):
+            message = waiting.get("message") or ""
+            return (f"{reason}: {message}" if message else reason)[:MAX_WAITING]
+    for cond in status.get("conditions") or []:
+        if cond.get("type") == "PodScheduled" and cond.get("status") == "False":
+            reason = cond.get("reason") or "Unschedulable"
+            message = cond.get("message") or ""
+            return (f"{reason}: {message}" if message else reason)[:MAX_WAITING]
+    for cs in [*(status.get("initContainerStatuses") or []), *(status.get("containerStatuses") or [])]:
+        reason = ((cs.get("state") or {}).get("waiting") or {}).get("reason") or ""
+        if reason:
+            return reason[:MAX_WAITING]
+    return ""
+
+
 def pod_view(body: Mapping[str, Any]) -> PodView:
     """Reduce any pod to what capacity accounting and failure diagnosis need."""
     meta = body.get("metadata", {})
@@ -192,17 +224,22 @@ def pod_view(body: Mapping[str, Any]) -> PodView:
             if terminated_reason == "OOMKilled" or (exit_code not in (0, None)):
                 break
     job = labels.get("batch.kubernetes.io/job-name") or labels.get("job-name") or ""
+    phase = status.get("phase", "Pending") or "Pending"
+    managed = LABEL_TASK in labels
+    pending = managed and phase == "Pending"
     return PodView(
         namespace=meta.get("namespace", ""),
         name=meta.get("name", ""),
         job=job,
         node=spec.get("nodeName"),
-        phase=status.get("phase", "Pending") or "Pending",
+        phase=phase,
         terminated_reason=terminated_reason or (status.get("reason", "") or ""),
         exit_code=exit_code,
         deleting=bool(meta.get("deletionTimestamp")),
         requests=_sum_requests(spec),
-        managed=LABEL_TASK in labels,
+        managed=managed,
+        created=parse_time(meta.get("creationTimestamp")) if pending else None,
+        waiting=_waiting(status) if pending else "",
     )
 
 

@@ -38,6 +38,8 @@ from aitask.core.types import ClassInfo
 # A Job created by the last cycle may not be in the watch cache yet; until this
 # long after admission, a missing Job is "not seen yet" rather than "deleted".
 JOB_VISIBILITY_GRACE = timedelta(seconds=60)
+# An attempt whose pods are not created, or stay Pending, this long is stuck (AITASK_STUCK_AFTER_SECONDS).
+STUCK_AFTER_SECONDS = 300.0
 _TERMINAL = frozenset({SubtaskPhase.SUCCEEDED, SubtaskPhase.FAILED, SubtaskPhase.SKIPPED})
 
 
@@ -93,6 +95,7 @@ class Ready:
     ready_since: datetime
     min_accelerator_memory_gib: float
     excluded_classes: frozenset[str]
+    avoided_classes: frozenset[str] = frozenset()  # an earlier attempt got stuck there: used if nothing else fits
 
 
 @dataclass(frozen=True)
@@ -171,6 +174,7 @@ def derive(
     backoff_max_seconds: float = 300.0,
     backoff_seconds: float = 10.0,
     unseen: frozenset[str] = frozenset(),
+    stuck_after_seconds: float = STUCK_AFTER_SECONDS,
 ) -> TaskProgress:
     """Compute the task's next status and actions from what the cluster shows now.
 
@@ -328,7 +332,12 @@ def derive(
                     st = _after_failure(sub, st, attempt, classes, now, (backoff_seconds, backoff_max_seconds), events)
                 else:
                     attempt = _upd(attempt, start_time=attempt.start_time or start)
-                    if nodes and nodes != st.nodes:  # where it runs: news once its pods are bound
+                    if (stuck := stuck_reason(current, job_pods, now, stuck_after_seconds)) is not None:
+                        attempt = _upd(attempt, result=AttemptResult.STUCK, reason=stuck, finish_time=now)
+                        delete.append(current.name)  # its pods stop holding nodes and quota
+                        backoff = (backoff_seconds, backoff_max_seconds)
+                        st = _after_failure(sub, st, attempt, classes, now, backoff, events)
+                    elif nodes and nodes != st.nodes:  # where it runs: news once its pods are bound
                         st = _upd(
                             st,
                             nodes=nodes,
@@ -369,7 +378,7 @@ def derive(
             continue
         since = st.ready_since or max([created, *[d.finish_time for d in deps if d.finish_time]])
         min_mem, excluded = _escalation(st, classes)
-        ready.append(Ready(sub, st.attempts + 1, since, min_mem, excluded))
+        ready.append(Ready(sub, st.attempts + 1, since, min_mem, excluded, _stuck_classes(st)))
         if st.phase != SubtaskPhase.QUEUED or st.ready_since is None:
             out[sub.name] = _upd(st, phase=SubtaskPhase.QUEUED, ready_since=since)
 
@@ -380,6 +389,7 @@ def derive(
             delete.append(old.job)
 
     status = _task_level(task, out, now, events, delete, ready, changed_while_running, finished)
+    status = _stuck_condition(status, now, task.metadata.generation)
     return TaskProgress(
         status=status,
         ready=tuple(ready) if not status.phase.final else (),
@@ -448,11 +458,19 @@ def start_attempt(
     )
 
 
-def next_change(task: AITask, status: AITaskStatus, jobs: Sequence[JobView]) -> datetime | None:
+def next_change(
+    task: AITask,
+    status: AITaskStatus,
+    jobs: Sequence[JobView],
+    pods: Sequence[PodView] = (),
+    *,
+    stuck_after_seconds: float = STUCK_AFTER_SECONDS,
+) -> datetime | None:
     """The earliest time at which ``derive`` could answer differently with the same inputs.
 
-    A backoff expiring, the task's deadline, or the grace for a Job not seen yet running out;
-    None when only a change of the task, its Jobs or its pods can change the result.
+    A backoff expiring, the task's deadline, the grace for a Job not seen yet running out, or a
+    running attempt's pending pod (or pod-less Job) becoming stuck; None when only a change of
+    the task, its Jobs or its pods can change the result.
     """
     if status.phase.final:
         return None
@@ -461,6 +479,7 @@ def next_change(task: AITask, status: AITaskStatus, jobs: Sequence[JobView]) -> 
     if task.spec.deadline is not None and created is not None:
         times.append(created + timedelta(seconds=task.spec.deadline.seconds))
     seen = {(j.subtask, j.attempt) for j in jobs}
+    times.extend(_stuck_times(status, jobs, pods, stuck_after_seconds))
     for st in status.subtasks:
         if st.phase == SubtaskPhase.BACKOFF and st.retry_after is not None:
             times.append(st.retry_after)
@@ -515,6 +534,92 @@ def _stopped(
     return attempt, _upd(st, phase=SubtaskPhase.QUEUED, nodes=[], ready_since=None, message=what)
 
 
+def _pending_since(job: JobView, pods: Sequence[PodView]) -> tuple[datetime, str, str] | None:
+    """Since when a running attempt waits for its pods, what waits, and what the cluster says of it.
+
+    The oldest Pending pod of the Job; or, for a Job with no pod at all, the Job itself (its pods
+    were refused: a ResourceQuota, an admission webhook), counted from its ``startTime`` (set when
+    the Job controller first syncs it, and again when it is resumed: a Job Kueue admitted after an
+    hour in the queue is not stuck at once), else its creation. A suspended Job waits for Kueue (or
+    a user) and a finished one waits for nothing: neither is ever stuck.
+    """
+    if job.suspended or job.finished:
+        return None
+    pending = [(p.created, p.name, p.waiting) for p in pods if p.phase == "Pending" and not p.deleting and p.created]
+    if pending:
+        since, name, waiting = min(pending)
+        return since, f"pod {name} Pending", waiting
+    started = job.start_time or job.created
+    if not pods and job.active == 0 and job.succeeded == 0 and job.failed == 0 and started is not None:
+        why = f"no pod created (refused by a ResourceQuota or an admission webhook? kubectl describe job {job.name})"
+        return started, f"Job {job.name} without a pod", why
+    return None
+
+
+def stuck_reason(job: JobView, pods: Sequence[PodView], now: datetime, after_seconds: float) -> str | None:
+    """Why a running attempt counts as stuck now (its Job is neither complete nor failed), or None.
+
+    A pod Pending for ``after_seconds`` (unschedulable, image-pull back-off, a bad config...) or a
+    Job that long without any pod holds capacity and quota while it makes no progress: the caller
+    ends the attempt, deletes its Job and retries, rather than leave it ``Running`` forever.
+    """
+    found = _pending_since(job, pods)
+    if found is None:
+        return None
+    since, what, detail = found
+    waited = (now - since).total_seconds()
+    if waited < after_seconds:
+        return None
+    return f"{what} for {waited:.0f}s" + (f": {detail}" if detail else "")
+
+
+def _stuck_times(
+    status: AITaskStatus, jobs: Sequence[JobView], pods: Sequence[PodView], after_seconds: float
+) -> list[datetime]:
+    """When each running attempt's pending pod (or pod-less Job) would become stuck."""
+    current = {(st.name, st.attempts) for st in status.subtasks if st.phase == SubtaskPhase.RUNNING}
+    by_job: dict[str, list[PodView]] = {}
+    for pod in pods:
+        by_job.setdefault(pod.job, []).append(pod)
+    times = []
+    for job in jobs:
+        if (job.subtask, job.attempt) in current:
+            found = _pending_since(job, by_job.get(job.name, []))
+            if found is not None:
+                times.append(found[0] + timedelta(seconds=after_seconds))
+    return times
+
+
+def _stuck_classes(st: SubtaskStatus) -> frozenset[str]:
+    """Classes where an attempt of the sub-task got stuck: the next one goes elsewhere if it can."""
+    return frozenset(a.class_name for a in st.history if a.result == AttemptResult.STUCK and a.class_name)
+
+
+def _stuck_condition(status: AITaskStatus, now: datetime, generation: int | None) -> AITaskStatus:
+    """``AttemptStuck``: True while some sub-task's last attempt ended stuck (until a later one runs).
+
+    Absent until an attempt of the task gets stuck, then False once every such sub-task runs again
+    or ended, so ``kubectl describe`` shows what was stuck, and why, next to the phase.
+    """
+    stuck = [s for s in status.subtasks if s.history and s.history[-1].result == AttemptResult.STUCK]
+    if not stuck and cond.get_condition(status.conditions, ConditionType.ATTEMPT_STUCK) is None:
+        return status
+    message = "; ".join(
+        f"{s.name}: attempt {s.history[-1].number} on {s.history[-1].class_name or '?'}: {s.history[-1].reason}"
+        for s in stuck
+    )
+    conds, changed = cond.set_condition(
+        status.conditions,
+        type_=ConditionType.ATTEMPT_STUCK,
+        status=bool(stuck),
+        reason=Reason.ATTEMPT_STUCK if stuck else Reason.NO_STUCK_ATTEMPT,
+        message=message or "no sub-task's last attempt is stuck",
+        now=now,
+        generation=generation,
+    )
+    return _upd(status, conditions=conds) if changed else status
+
+
 def _escalation(st: SubtaskStatus, classes: Mapping[str, ClassInfo]) -> tuple[float, frozenset[str]]:
     """After OOM kills, ask for strictly more accelerator memory and avoid the classes that failed."""
     excluded = frozenset(a.class_name for a in st.history if a.result == AttemptResult.OOM_KILLED and a.class_name)
@@ -538,7 +643,9 @@ def _after_failure(
     failures = sum(1 for a in st.history if a.result.is_failure and a.number != attempt.number)
     failures += 1
     what = f"attempt {attempt.number} on {attempt.class_name or '?'}: {attempt.result}: {attempt.reason}"
-    reason = Reason.OOM_KILLED if attempt.result == AttemptResult.OOM_KILLED else Reason.ATTEMPT_FAILED
+    reason = {AttemptResult.OOM_KILLED: Reason.OOM_KILLED, AttemptResult.STUCK: Reason.ATTEMPT_STUCK}.get(
+        attempt.result, Reason.ATTEMPT_FAILED
+    )
     events.append(EventSpec("Warning", reason, f"{sub.name}: {what}"))
     if failures > sub.retry.limit:
         events.append(EventSpec("Warning", Reason.RETRIES_EXHAUSTED, f"{sub.name}: failed after {failures} attempt(s)"))
@@ -555,6 +662,8 @@ def _after_failure(
         info = classes.get(attempt.class_name)
         mem = info.accelerator_memory_gib if info else 0
         escalate = f"; next attempt needs more than {mem:g} GiB of accelerator memory"
+    elif attempt.result == AttemptResult.STUCK and attempt.class_name:
+        escalate = f"; next attempt avoids {attempt.class_name} if another class can run it"
     events.append(
         EventSpec(
             "Normal",

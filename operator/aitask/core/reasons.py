@@ -17,6 +17,7 @@ class ConditionType(StrEnum):
     METRICS_UNAVAILABLE = "MetricsUnavailable"
     SPEC_CHANGE_IGNORED = "SpecChangeIgnored"
     INTERNAL_ERROR = "InternalError"  # the operator failed processing this task; the others go on
+    ATTEMPT_STUCK = "AttemptStuck"  # a sub-task's last attempt ended Stuck and no later one runs yet
 
 
 class Reason(StrEnum):
@@ -30,6 +31,8 @@ class Reason(StrEnum):
     ATTEMPT_SUCCEEDED = "AttemptSucceeded"
     ATTEMPT_FAILED = "AttemptFailed"
     OOM_KILLED = "OOMKilled"
+    ATTEMPT_STUCK = "AttemptStuck"  # Event and condition: pods not created or Pending past the threshold
+    NO_STUCK_ATTEMPT = "NoStuckAttempt"  # the stuck sub-tasks run again (or ended)
     RETRYING = "Retrying"
     RETRIES_EXHAUSTED = "RetriesExhausted"
     DEADLINE_EXCEEDED = "DeadlineExceeded"

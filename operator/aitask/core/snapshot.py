@@ -131,6 +131,7 @@ def demand_for(
     default_cost_weight: float = 0.0,
     min_accel_memory_gib: float = 0.0,
     excluded: Iterable[str] = (),
+    avoided: Iterable[str] = (),
 ) -> Demand:
     """The scheduler's view of one ready sub-task attempt.
 
@@ -139,7 +140,7 @@ def demand_for(
     ``arrival`` is when the task was submitted (the FIFO order): the operator passes
     ``creationTimestamp``, the simulator the ``aitask.dev/submit-after-seconds`` time;
     without it, creationTimestamp or else ``now``. ``min_accel_memory_gib`` and ``excluded``
-    carry OOM escalation from earlier attempts.
+    carry OOM escalation from earlier attempts, ``avoided`` the classes where one got stuck.
     """
     spec = task.spec
     executor = subtask.executor
@@ -175,6 +176,7 @@ def demand_for(
         ready_since=now if ready_since is None else ready_since,
         arrival=arrival,
         subtask_type=subtask.type.value,
+        avoided_classes=frozenset(avoided),
     )
 
 

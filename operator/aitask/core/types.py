@@ -117,6 +117,9 @@ class Demand:
     ready_since: float  # epoch seconds when it became ready (ageing)
     arrival: float  # epoch seconds when its task was submitted (FIFO order)
     subtask_type: str = "custom"  # api SubtaskType value; picks the runtime prior when there is no hint
+    # Classes where an earlier attempt got stuck (pods Pending, not created): feasible only when no
+    # other class is, so a retry moves elsewhere if it can and stays where it is if it cannot.
+    avoided_classes: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)

@@ -262,6 +262,7 @@ class Engine:
             job_ttl_seconds=s.job_ttl_seconds,
             backoff_max_seconds=s.retry_backoff_max_seconds,
             backoff_seconds=s.retry_backoff_seconds,
+            stuck_after_seconds=s.stuck_after_seconds,
             low_gpu_util_percent=s.gpu_util_low_percent,
         )
 

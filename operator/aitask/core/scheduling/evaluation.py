@@ -40,6 +40,7 @@ class ShapeKey(NamedTuple):
     classes: frozenset[str] | None
     min_accelerator_memory_gib: float
     excluded_classes: frozenset[str]
+    avoided_classes: frozenset[str]
     accelerators: int
     cpu: float
     memory: float
@@ -66,6 +67,8 @@ class EvaluationKey(NamedTuple):
     time_weight: float
     cost_weight: float
 
+
+AVOIDED_REASON = "avoided: an earlier attempt got stuck on it (pods Pending or not created), and another class fits"
 
 #: Demand fields that do not change an evaluation: identity, and what only the queue order reads.
 IGNORED_DEMAND_FIELDS = frozenset({"key", "attempt", "priority", "completions", "ready_since", "arrival"})
@@ -198,6 +201,15 @@ class Evaluator:
                 infeasible.append(Option(class_name=name, feasible=False, reason=reason))
             else:
                 feasible.append((name, cls, demand_units(d, cls), pod_request(d, cls)))
+        if d.avoided_classes and any(f[0] not in d.avoided_classes for f in feasible):
+            # A soft exclusion (OOM escalation's is hard): a class where an attempt got stuck is
+            # left out only while another class can run the demand; alone, it is retried.
+            infeasible.extend(
+                Option(class_name=f[0], feasible=False, reason=AVOIDED_REASON)
+                for f in feasible
+                if f[0] in d.avoided_classes
+            )
+            feasible = [f for f in feasible if f[0] not in d.avoided_classes]
         prices = [cls.price_accelerator_hour for _, cls, _, _ in feasible if cls.kind == "gpu"]
         infeasible.sort(key=lambda o: o.class_name)
         return tuple(feasible), tuple(infeasible), min(prices) if prices else 0.0
