@@ -16,7 +16,18 @@ from aitask.api import v1alpha1 as api
 from aitask.core import dag
 from aitask.core.scheduler import schedule
 from aitask.core.snapshot import demand_for
-from aitask.core.types import ClassInfo, Demand, Learned, NodeInfo, Option, Running, SchedulerParams, Snapshot
+from aitask.core.types import (
+    TASK_BUDGET,
+    ClassInfo,
+    Demand,
+    Learned,
+    Limit,
+    NodeInfo,
+    Option,
+    Running,
+    SchedulerParams,
+    Snapshot,
+)
 
 
 @dataclass(frozen=True)
@@ -48,6 +59,14 @@ class TaskPlan:
     feasible: bool  # every sub-task has a feasible class
 
 
+def _own_budget(task: api.AITask, spent: float) -> tuple[Limit, ...]:
+    budget = task.spec.budget
+    if budget is None:
+        return ()
+    ns = task.metadata.namespace or "default"
+    return (Limit(TASK_BUDGET, task.key, ns, {"cost": budget.max_cost}, {"cost": spent}, task=task.key),)
+
+
 def plan_task(
     task: api.AITask,
     classes: Mapping[str, ClassInfo],
@@ -59,12 +78,17 @@ def plan_task(
     params: SchedulerParams | None = None,
     default_time_weight: float = 1.0,
     default_cost_weight: float = 0.0,
+    limits: Iterable[Limit] = (),
 ) -> TaskPlan:
     """Preview the placements of a task before it is submitted, with the alternatives.
 
     Runs the very scheduler the operator runs, one sub-task at a time, so the preview
-    cannot drift from what the operator would decide on the same cluster state.
+    cannot drift from what the operator would decide on the same cluster state. ``limits``
+    are the cluster's (quotas, namespace budgets); the task's own ``spec.budget`` is added,
+    spent by the sub-tasks planned before each one.
     """
+    cluster_limits = tuple(limits)
+    spent = 0.0
     params = params or SchedulerParams()
     deps = {s.name: list(s.depends_on) for s in task.spec.subtasks}
     order = dag.topological_order(deps)
@@ -92,6 +116,7 @@ def plan_task(
                 demands=(demand,),
                 running=running_tuple,
                 learned=learned or {},
+                limits=cluster_limits + _own_budget(task, spent),
             ),
             params,
         )
@@ -105,6 +130,7 @@ def plan_task(
             chosen = deferral.best
             alternatives = deferral.alternatives
             admissible, placed, message = False, (), deferral.message
+        spent += (chosen.cost or 0.0) if chosen is not None else 0.0
         runtime = (chosen.runtime_seconds or 0.0) if chosen is not None else 0.0
         wait = (chosen.wait_seconds or 0.0) if chosen is not None else 0.0
         start = max((plans[d].finish_seconds for d in sub.depends_on), default=wait)
