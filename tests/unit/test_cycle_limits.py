@@ -75,7 +75,7 @@ def test_namespace_budget_counts_finished_tasks_and_writes_its_status() -> None:
          "startTime": "2026-01-01T00:00:00Z", "finishTime": "2026-01-01T00:00:00Z", "actualSeconds": 0,
          "actualCost": 0}]}]}
     old = FinishedTask("ns", "old", "u-old", "Succeeded",
-                       spends=spends({"subtasks": [GPU_STEP]}, done_status, NOW))
+                       spends=spends({"subtasks": [GPU_STEP]}, done_status))
     budget = {"metadata": {"name": "daily", "namespace": "ns", "generation": 1},
               "spec": {"period": "Day", "maxCost": 100.0}, "status": {}}
     out = cycle([body("t", [GPU_STEP])], finished=[old], budgets=[budget])

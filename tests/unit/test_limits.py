@@ -166,7 +166,6 @@ def test_namespace_budget_spent_committed_and_remaining() -> None:
                     }
                 ]
             ),
-            now,
         ),
         # ended yesterday: not in today's window
         *budgets.spends(
@@ -183,7 +182,6 @@ def test_namespace_budget_spent_committed_and_remaining() -> None:
                     }
                 ]
             ),
-            now,
         ),
         # running for 30 min of a 1 h plan costing 2.0: 1.0 accrued, 1.0 committed
         *budgets.spends(
@@ -192,7 +190,6 @@ def test_namespace_budget_spent_committed_and_remaining() -> None:
                 [{"class": "k80", "result": "Running", "startTime": (T0 - timedelta(minutes=30)).isoformat()}],
                 {"estimatedSeconds": 3600, "estimatedCost": 2.0},
             ),
-            now,
         ),
     ]
     assert len(spends) == 3

@@ -202,6 +202,7 @@ class CycleCache:
     derived: dict[str, tuple[tuple[Any, ...], datetime | None, TaskProgress]] = field(default_factory=dict)
     classes: Mapping[str, ClassInfo] | None = None
     serial: int = 0
+    spends: dict[str, tuple[TaskProgress, tuple[Spend, ...]]] = field(default_factory=dict)  # namespace budgets
 
 
 # --------------------------------------------------------------------------- parsing
@@ -892,6 +893,7 @@ def run_cycle(view: ClusterView, params: CycleParams, now: datetime, cache: Cycl
         [(rec.namespace, s) for rec in view.finished for s in rec.spends],
         infos,
         now,
+        cache.spends,
     )
     warnings.extend(limited.warnings)
     work.wakeups.extend(limited.wakeups)
