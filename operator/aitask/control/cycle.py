@@ -71,6 +71,8 @@ class CycleParams:
     backoff_seconds: float = 10.0
     low_gpu_util_percent: float = 30.0
     policy: Policy = Policy.COST
+    # Kueue mode: the LocalQueue of a task without spec.queueName; None runs without Kueue.
+    kueue_default_queue: str | None = None
 
 
 @dataclass(frozen=True)
@@ -596,6 +598,10 @@ def _expected_runtime(
     return estimates.estimate(demand, plan.class_name).seconds
 
 
+def _parallelism(task: AITask, name: str) -> int:
+    return next((s.parallelism for s in task.spec.subtasks if s.name == name), 1)
+
+
 @dataclass
 class _Queue:
     demands: dict[SubtaskKey, Demand] = field(default_factory=dict)
@@ -640,7 +646,8 @@ def _task_queue(
             current = st.history[-1] if st.history else None
             started = current.start_time if current is not None and current.start_time else st.start_time
             elapsed = (now - started).total_seconds() if started else 0.0
-            pods = max(1, len(st.plan.nodes))
+            # Pods it runs at once: one planned node each; a Job handed to Kueue has none planned.
+            pods = max(1, len(st.plan.nodes) or _parallelism(task, st.name))
             running.append(
                 Running(
                     key=SubtaskKey(task.metadata.namespace or "default", task.metadata.name, st.name),
@@ -744,6 +751,7 @@ def decisions_phase(
     result: CycleResult,
     queue: _Queue,
     ecs: Mapping[str, ExecutorClass],
+    kueue_queue: str | None = None,
 ) -> tuple[dict[str, int], list[Admitted]]:
     """Each task's next status and Jobs; returns pending demands per class and this cycle's waits."""
     admitted: dict[str, list[Admission]] = {}
@@ -773,6 +781,8 @@ def decisions_phase(
                 ecs,
                 telemetry,
                 work.now,
+                kueue_queue=kueue_queue,
+                suspended={j.name: j.queue_name for j in work.jobs.get(key, []) if j.suspended and not j.finished},
             )
             for cls_name in decision.pending_classes:
                 pending[cls_name] = pending.get(cls_name, 0) + 1
@@ -872,10 +882,13 @@ def run_cycle(view: ClusterView, params: CycleParams, now: datetime, cache: Cycl
     learning = learning_phase(work, ecs, params)
     snap, queue = snapshot_phase(view, work, infos, learning, params)
     sched_params = SchedulerParams(
-        policy=params.policy, ageing_seconds=params.ageing_seconds, low_gpu_util_percent=params.low_gpu_util_percent
+        policy=params.policy,
+        ageing_seconds=params.ageing_seconds,
+        low_gpu_util_percent=params.low_gpu_util_percent,
+        external_queue=params.kueue_default_queue is not None,
     )
     result = schedule_phase(snap, queue, work, sched_params)
-    pending, waits = decisions_phase(view, work, result, queue, ecs)
+    pending, waits = decisions_phase(view, work, result, queue, ecs, params.kueue_default_queue)
     class_status = class_status_phase(ecs, snap.nodes, learning, now)
     stats = CycleStats(
         tasks_by_phase=work.phases,

@@ -26,6 +26,8 @@ ANNOTATION_CLASS = "aitask.dev/class-name"
 MAX_LABEL_VALUE = 63
 ANNOTATION_ESTIMATED_SECONDS = "aitask.dev/estimated-seconds"
 ANNOTATION_PLANNED_NODES = "aitask.dev/planned-nodes"
+# Kueue interop: the LocalQueue a child Job is submitted to (Kueue's own label).
+LABEL_KUEUE_QUEUE = "kueue.x-k8s.io/queue-name"
 
 
 def label_value(name: str) -> str:
@@ -74,6 +76,9 @@ class JobView:
     estimated_seconds: float = 0.0
     parallelism: int = 1
     completions: int = 1
+    # spec.suspend: a Job waiting for Kueue's admission (Kueue mode) holds no pods and is no stuck attempt.
+    suspended: bool = False
+    queue_name: str = ""  # its kueue.x-k8s.io/queue-name label, "" outside Kueue mode
 
     @property
     def finished(self) -> bool:
@@ -138,6 +143,8 @@ def job_view(body: Mapping[str, Any]) -> JobView | None:
         ttl_seconds=(body.get("spec") or {}).get("ttlSecondsAfterFinished"),
         parallelism=int((body.get("spec") or {}).get("parallelism") or 1),
         completions=int((body.get("spec") or {}).get("completions") or 1),
+        suspended=bool((body.get("spec") or {}).get("suspend")),
+        queue_name=labels.get(LABEL_KUEUE_QUEUE, ""),
         **_pod_shape(body, annotations),
     )
 

@@ -14,6 +14,7 @@ class ConditionType(StrEnum):
     METRICS_UNAVAILABLE = "MetricsUnavailable"
     SPEC_CHANGE_IGNORED = "SpecChangeIgnored"
     INTERNAL_ERROR = "InternalError"  # the operator failed processing this task; the others go on
+    KUEUE_ADMITTED = "KueueAdmitted"  # Kueue mode: no running sub-task's Job waits in its Kueue queue
 
 
 class Reason(StrEnum):
@@ -38,3 +39,10 @@ class Reason(StrEnum):
     RUNNING_SUBTASK_CHANGED = "RunningSubtaskChanged"
     PROCESSING_FAILED = "ProcessingFailed"
     JOB_REJECTED = "JobRejected"
+    WAITING_FOR_KUEUE_ADMISSION = "WaitingForKueueAdmission"  # a child Job is suspended until Kueue admits it
+    ADMITTED_BY_KUEUE = "AdmittedByKueue"
+
+
+def kueue_waiting_message(queue: str) -> str:
+    """What a sub-task says while Kueue holds its Job suspended (status and the KueueAdmitted condition)."""
+    return f"waiting for Kueue admission (queue {queue})"

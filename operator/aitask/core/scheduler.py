@@ -160,6 +160,10 @@ class _Cycle:
         choice = evaluation.feasible[best]
         wait = waits[best]
         options = admit.options(d, evaluation, waits, scores, self.params.max_alternatives, first=best)
+        if self.params.external_queue:
+            # Kueue holds the queue: hand the demand over now on its best class, book no node.
+            self.timeline[choice.name].reserve(choice.units, choice.runtime)
+            return admit.handover(d, choice, wait, options)
         if wait <= _EPS:
             placed, fitted = self.books.place(choice.name, choice.request, d.pods)
             if placed:

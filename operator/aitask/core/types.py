@@ -155,6 +155,11 @@ class SchedulerParams:
     # fifo/agnostic: take demands by arrival, or weighted shortest first (Smith order on the best
     # class, with ageing) as the cost policy does; "smith" is for the benchmarks' ordered baselines.
     baseline_order: str = "arrival"  # "arrival" | "smith"
+    # Kueue interop (the operator only; plan and simulate leave it off): an external queue (Kueue) admits
+    # the Jobs, so a ready demand is handed over on its best class by F (W from the class timeline) at
+    # once, without waiting for free nodes, and books no node capacity (its Job is created suspended
+    # and holds no pods until Kueue admits it). The timeline still counts it, so W stays honest.
+    external_queue: bool = False
 
 
 @dataclass(frozen=True)
