@@ -188,3 +188,29 @@ def test_no_kueue_condition_outside_kueue_mode() -> None:
                                   nodes=NODES, classes=CLASSES), CycleParams(), NOW + timedelta(seconds=2)).tasks[0]
     for status in (first.status, later.status):
         assert status is None or _condition(status, "KueueAdmitted") is None
+
+
+@pytest.mark.parametrize(("suspended", "expected_wait"), [(True, 600.0), (False, 500.0)],
+                         ids=["suspended-all-ahead", "admitted-100s-ago"])
+def test_a_job_kueue_holds_keeps_all_of_its_runtime_in_the_class_wait(suspended: bool, expected_wait: float) -> None:
+    # Task a was handed over 300 s ago on the only FAST GPU (T 600 s). Task b, pinned to FAST, then waits
+    # behind all 600 s of it while Kueue holds a's Job (no pod, no unit held: reserved on the timeline);
+    # once Kueue started it 100 s ago (its pod holds the GPU), behind the 500 s left.
+    pinned = {**STEP, "executor": {"accelerators": 1, "classes": ["fast"]}}
+    first = run_cycle(ClusterView(tasks=[body("a", [pinned])], jobs=[], pods=[], nodes=NODES, classes=CLASSES),
+                      kueue_params(), NOW).tasks[0]
+    later = NOW + timedelta(seconds=300)
+    job = _job("a-train-1", suspended=suspended, start_time=None if suspended else later - timedelta(seconds=100),
+               task="a")
+    from aitask.core.observed import PodView
+
+    pods = [] if suspended else [PodView(namespace="ns", name="a-train-1-x", job="a-train-1", node="f1",
+                                         phase="Running", terminated_reason="", exit_code=None, deleting=False,
+                                         requests={"nvidia.com/gpu": "1"}, managed=True)]
+    b = body("b", [pinned])
+    out = run_cycle(ClusterView(tasks=[body("a", [pinned], status=first.status), b], jobs=[job], pods=pods,
+                                nodes=NODES, classes=CLASSES), kueue_params(), later)
+    decided = next(t for t in out.tasks if t.name == "b")
+    plan = decided.status["subtasks"][0]["plan"]
+    assert plan["class"] == "fast"
+    assert plan["score"] == pytest.approx(expected_wait + plan["estimatedSeconds"], abs=1.0)  # F = W + T (alpha 1)

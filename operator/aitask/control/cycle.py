@@ -617,7 +617,9 @@ def _task_queue(
     infos: Mapping[str, ClassInfo],
     estimates: estimator.Estimator,
     params: CycleParams,
+    queued: Mapping[str, JobView] | None = None,
 ) -> tuple[list[tuple[Demand, Ready]], list[Running]]:
+    """The task's ready demands and its running work; ``queued``: its Jobs submitted to Kueue, by name."""
     now = work.now
     epoch = now.timestamp()
     created = (task.metadata.creation_timestamp or now).timestamp()
@@ -645,6 +647,10 @@ def _task_queue(
         if st.phase == SubtaskPhase.RUNNING and st.plan is not None:
             current = st.history[-1] if st.history else None
             started = current.start_time if current is not None and current.start_time else st.start_time
+            kueue_job = (queued or {}).get(st.job or "")
+            waiting = kueue_job is not None and kueue_job.suspended
+            if kueue_job is not None:  # it starts when Kueue unsuspends it: until then all of T is ahead
+                started = None if waiting else kueue_job.start_time or started
             elapsed = (now - started).total_seconds() if started else 0.0
             # Pods it runs at once: one planned node each; a Job handed to Kueue has none planned.
             pods = max(1, len(st.plan.nodes) or _parallelism(task, st.name))
@@ -655,6 +661,7 @@ def _task_queue(
                     remaining_seconds=max(0.0, _expected_runtime(task, st, infos, estimates, params) - elapsed),
                     accelerators=st.plan.accelerators * pods,
                     cpu=parse_quantity(st.plan.cpu or "0") * pods,
+                    queued=waiting,
                 )
             )
     return demands, running
@@ -675,7 +682,8 @@ def snapshot_phase(
     for key, prog in list(work.progresses.items()):
 
         def step(key: str = key, prog: TaskProgress = prog) -> None:
-            demands, running = _task_queue(work.tasks[key], prog, work, infos, estimates, params)
+            queued = {j.name: j for j in work.jobs.get(key, []) if j.queue_name}
+            demands, running = _task_queue(work.tasks[key], prog, work, infos, estimates, params, queued)
             for demand, r in demands:
                 queue.demands[demand.key] = demand
                 queue.owner[demand.key] = key

@@ -128,6 +128,9 @@ class Running:
     remaining_seconds: float  # estimated; >= 0
     accelerators: int  # total over its pods (0 on CPU classes)
     cpu: float  # total cores over its pods
+    # Waiting in an external queue (a Job Kueue holds suspended): it holds no units yet and takes
+    # them, for all of remaining_seconds, when they are free (the timeline reserves it).
+    queued: bool = False
 
 
 @dataclass(frozen=True)
