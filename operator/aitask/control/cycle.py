@@ -75,6 +75,8 @@ class CycleParams:
     stuck_after_seconds: float = progress.STUCK_AFTER_SECONDS
     low_gpu_util_percent: float = 30.0
     policy: Policy = Policy.COST
+    # Kueue mode: the LocalQueue of a task without spec.queueName; None runs without Kueue.
+    kueue_default_queue: str | None = None
 
 
 @dataclass(frozen=True)
@@ -607,6 +609,10 @@ def _expected_runtime(
     return estimates.estimate(demand, plan.class_name).seconds
 
 
+def _parallelism(task: AITask, name: str) -> int:
+    return next((s.parallelism for s in task.spec.subtasks if s.name == name), 1)
+
+
 @dataclass
 class _Queue:
     demands: dict[SubtaskKey, Demand] = field(default_factory=dict)
@@ -622,7 +628,9 @@ def _task_queue(
     infos: Mapping[str, ClassInfo],
     estimates: estimator.Estimator,
     params: CycleParams,
+    queued: Mapping[str, JobView] | None = None,
 ) -> tuple[list[tuple[Demand, Ready]], list[Running]]:
+    """The task's ready demands and its running work; ``queued``: its Jobs submitted to Kueue, by name."""
     now = work.now
     epoch = now.timestamp()
     created = (task.metadata.creation_timestamp or now).timestamp()
@@ -651,8 +659,13 @@ def _task_queue(
         if st.phase == SubtaskPhase.RUNNING and st.plan is not None:
             current = st.history[-1] if st.history else None
             started = current.start_time if current is not None and current.start_time else st.start_time
+            kueue_job = (queued or {}).get(st.job or "")
+            waiting = kueue_job is not None and kueue_job.suspended
+            if kueue_job is not None:  # it starts when Kueue unsuspends it: until then all of T is ahead
+                started = None if waiting else kueue_job.start_time or started
             elapsed = (now - started).total_seconds() if started else 0.0
-            pods = max(1, len(st.plan.nodes))
+            # Pods it runs at once: one planned node each; a Job handed to Kueue has none planned.
+            pods = max(1, len(st.plan.nodes) or _parallelism(task, st.name))
             running.append(
                 Running(
                     key=SubtaskKey(task.metadata.namespace or "default", task.metadata.name, st.name),
@@ -660,6 +673,7 @@ def _task_queue(
                     remaining_seconds=max(0.0, _expected_runtime(task, st, infos, estimates, params) - elapsed),
                     accelerators=st.plan.accelerators * pods,
                     cpu=parse_quantity(st.plan.cpu or "0") * pods,
+                    queued=waiting,
                 )
             )
     return demands, running
@@ -680,7 +694,8 @@ def snapshot_phase(
     for key, prog in list(work.progresses.items()):
 
         def step(key: str = key, prog: TaskProgress = prog) -> None:
-            demands, running = _task_queue(work.tasks[key], prog, work, infos, estimates, params)
+            queued = {j.name: j for j in work.jobs.get(key, []) if j.queue_name}
+            demands, running = _task_queue(work.tasks[key], prog, work, infos, estimates, params, queued)
             for demand, r in demands:
                 queue.demands[demand.key] = demand
                 queue.owner[demand.key] = key
@@ -756,6 +771,7 @@ def decisions_phase(
     result: CycleResult,
     queue: _Queue,
     ecs: Mapping[str, ExecutorClass],
+    kueue_queue: str | None = None,
 ) -> tuple[dict[str, int], list[Admitted]]:
     """Each task's next status and Jobs; returns pending demands per class and this cycle's waits."""
     admitted: dict[str, list[Admission]] = {}
@@ -785,6 +801,8 @@ def decisions_phase(
                 ecs,
                 telemetry,
                 work.now,
+                kueue_queue=kueue_queue,
+                suspended={j.name: j.queue_name for j in work.jobs.get(key, []) if j.suspended and not j.finished},
             )
             for cls_name in decision.pending_classes:
                 pending[cls_name] = pending.get(cls_name, 0) + 1
@@ -900,10 +918,13 @@ def run_cycle(view: ClusterView, params: CycleParams, now: datetime, cache: Cycl
     snap, queue = snapshot_phase(view, work, infos, learning, params)
     snap = replace(snap, limits=limited.limits)
     sched_params = SchedulerParams(
-        policy=params.policy, ageing_seconds=params.ageing_seconds, low_gpu_util_percent=params.low_gpu_util_percent
+        policy=params.policy,
+        ageing_seconds=params.ageing_seconds,
+        low_gpu_util_percent=params.low_gpu_util_percent,
+        external_queue=params.kueue_default_queue is not None,
     )
     result = schedule_phase(snap, queue, work, sched_params)
-    pending, waits = decisions_phase(view, work, result, queue, ecs)
+    pending, waits = decisions_phase(view, work, result, queue, ecs, params.kueue_default_queue)
     class_status = class_status_phase(ecs, snap.nodes, learning, now)
     stats = CycleStats(
         tasks_by_phase=work.phases,

@@ -34,7 +34,7 @@ from aitask.core import conditions as cond
 from aitask.core import progress
 from aitask.core.progress import EventSpec, Ready, TaskProgress
 from aitask.core.quantity import format_cpu, format_memory
-from aitask.core.reasons import ConditionType, Reason
+from aitask.core.reasons import ConditionType, Reason, kueue_waiting_message
 from aitask.core.scheduling import admit, limits
 from aitask.core.types import Admission, Deferral, Demand, Option, SubtaskKey
 from aitask.core.usage import combine
@@ -241,6 +241,43 @@ def _planned_condition(
     return list(conds)
 
 
+def _kueue_condition(
+    conds: Sequence[Any], ordered: Sequence[SubtaskStatus], suspended: Mapping[str, str], now: datetime, gen: int | None
+) -> list[Any]:
+    """KueueAdmitted: False while a running sub-task's Job waits suspended in its Kueue queue, True after.
+
+    Set only on tasks that went through Kueue (a suspended Job was seen once): outside Kueue mode the
+    condition never appears.
+    """
+    waiting = [
+        (s.name, suspended[s.job]) for s in ordered if s.phase == SubtaskPhase.RUNNING and s.job and s.job in suspended
+    ]
+    if waiting:
+        queues = sorted({q for _, q in waiting})
+        out, _ = cond.set_condition(
+            conds,
+            type_=ConditionType.KUEUE_ADMITTED,
+            status=False,
+            reason=Reason.WAITING_FOR_KUEUE_ADMISSION,
+            message=f"{', '.join(n for n, _ in waiting)}: {kueue_waiting_message(', '.join(queues))}",
+            now=now,
+            generation=gen,
+        )
+        return out
+    if cond.get_condition(conds, ConditionType.KUEUE_ADMITTED) is not None:
+        out, _ = cond.set_condition(
+            conds,
+            type_=ConditionType.KUEUE_ADMITTED,
+            status=True,
+            reason=Reason.ADMITTED_BY_KUEUE,
+            message="no sub-task waits for Kueue admission",
+            now=now,
+            generation=gen,
+        )
+        return out
+    return list(conds)
+
+
 def decide_task(
     task: AITask,
     prog: TaskProgress,
@@ -251,8 +288,15 @@ def decide_task(
     ecs: Mapping[str, ExecutorClass],
     telemetry: Telemetry,
     now: datetime,
+    *,
+    kueue_queue: str | None = None,
+    suspended: Mapping[str, str] | None = None,
 ) -> TaskDecision:
-    """The task's next status after this cycle's admissions and deferrals, and its new Jobs."""
+    """The task's next status after this cycle's admissions and deferrals, and its new Jobs.
+
+    ``kueue_queue`` (Kueue mode): the LocalQueue of a task without ``spec.queueName``; its Jobs are
+    created suspended in that queue. ``suspended``: the task's suspended Jobs, name -> queue.
+    """
     status = prog.status
     subs = {s.name: s for s in status.subtasks}
     creates: list[dict[str, Any]] = []
@@ -261,7 +305,8 @@ def decide_task(
     for adm in admissions:
         sub = ready[adm.key].subtask
         ec = ecs[adm.class_name]
-        manifest = build_job(task, sub, adm, ec.spec)
+        queue = (task.spec.queue_name or kueue_queue) if kueue_queue is not None else None
+        manifest = build_job(task, sub, adm, ec.spec, queue_name=queue)
         creates.append(manifest)
         plan = make_plan(
             adm.chosen,
@@ -303,6 +348,7 @@ def decide_task(
         events.append(EventSpec("Warning", Reason.BUDGET_EXCEEDED, f"task failed: {message}"))
         status = status.model_copy(update={"completion_time": now})
     phase, conds = progress.settle(phase, conds, ordered, now, gen)
+    conds = _kueue_condition(conds, ordered, suspended or {}, now, gen)
     running = any(s.phase == SubtaskPhase.RUNNING for s in ordered)
     conds = _telemetry_condition(conds, telemetry, now, gen, active=running)
     est = [s.plan.estimated_cost for s in ordered if s.plan]
