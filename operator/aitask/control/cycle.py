@@ -205,6 +205,10 @@ class CycleCache:
     classes: Mapping[str, ClassInfo] | None = None
     serial: int = 0
     spends: dict[str, tuple[TaskProgress, tuple[Spend, ...]]] = field(default_factory=dict)  # namespace budgets
+    # key -> (progress, other inputs, decision, its status as written, the status it was decided from)
+    decided: dict[str, tuple[TaskProgress, tuple[Any, ...], Any, dict[str, Any], dict[str, Any]]] = field(
+        default_factory=dict
+    )
 
 
 # --------------------------------------------------------------------------- parsing
@@ -772,8 +776,15 @@ def decisions_phase(
     queue: _Queue,
     ecs: Mapping[str, ExecutorClass],
     kueue_queue: str | None = None,
+    cache: CycleCache | None = None,
 ) -> tuple[dict[str, int], list[Admitted]]:
-    """Each task's next status and Jobs; returns pending demands per class and this cycle's waits."""
+    """Each task's next status and Jobs; returns pending demands per class and this cycle's waits.
+
+    A task admitted nothing this cycle and whose progress (the same derived object), deferrals
+    (their class and kind of reason), GPU samples and Kueue holds are as last cycle gets last
+    cycle's decision again, from ``cache``: ``decide_task`` and the two status dumps were most of
+    a busy cycle, once per task in play and cycle.
+    """
     admitted: dict[str, list[Admission]] = {}
     deferred: dict[str, list[Deferral]] = {}
     waits: list[Admitted] = []
@@ -791,26 +802,35 @@ def decisions_phase(
 
         def step(key: str = key, prog: TaskProgress = prog) -> None:
             task = work.tasks[key]
-            decision = decide_task(
-                task,
-                prog,
-                admitted.get(key, []),
-                deferred.get(key, []),
-                queue.ready,
-                queue.demands,
-                ecs,
-                telemetry,
-                work.now,
-                kueue_queue=kueue_queue,
-                suspended={j.name: j.queue_name for j in work.jobs.get(key, []) if j.suspended and not j.finished},
-            )
+            held = {j.name: j.queue_name for j in work.jobs.get(key, []) if j.suspended and not j.finished}
+            mine, theirs = admitted.get(key, []), deferred.get(key, [])
+            sig = _decision_inputs(task, theirs, telemetry, held)
+            hit = cache.decided.get(key) if cache is not None and not mine else None
+            if hit is not None and hit[0] is prog and hit[1] == sig:
+                decision, wire_new, wire_old = hit[2], hit[3], hit[4]
+            else:
+                decision = decide_task(
+                    task,
+                    prog,
+                    mine,
+                    theirs,
+                    queue.ready,
+                    queue.demands,
+                    ecs,
+                    telemetry,
+                    work.now,
+                    kueue_queue=kueue_queue,
+                    suspended=held,
+                )
+                wire_new, wire_old = wire(decision.status), wire(task.status)
+                if cache is not None and not mine:
+                    cache.decided[key] = (prog, sig, decision, wire_new, wire_old)
             for cls_name in decision.pending_classes:
                 pending[cls_name] = pending.get(cls_name, 0) + 1
             ns = task.metadata.namespace or ""
             work.count(ns, decision.status.phase)
-            wire_new = wire(decision.status)
             raw = work.bodies[key].get("status") or {}
-            changed = wire_new != raw and wire_new != wire(task.status)
+            changed = raw is not wire_new and wire_new != raw and wire_new != wire_old
             expire = _recorded_finished_jobs(work.jobs.get(key, []), decision.status.subtasks)
             work.outcomes.append(
                 TaskOutcome(
@@ -835,7 +855,26 @@ def decisions_phase(
             )
 
         isolated(work, key, step)
+    if cache is not None:
+        for gone in [k for k in cache.decided if k not in work.progresses]:
+            del cache.decided[gone]
     return pending, waits
+
+
+def _decision_inputs(
+    task: AITask, deferrals: Sequence[Deferral], telemetry: Telemetry, held: Mapping[str, str]
+) -> tuple[Any, ...]:
+    """What ``decide_task`` reads besides the progress, as far as it can change the decision.
+
+    Of a deferral only its class and the kind of its reason count: ``decisions._deferred`` keeps
+    the status while those hold, and the Planned condition quotes the sub-task's kept message.
+    """
+    ns = task.metadata.namespace or ""
+    usage = tuple(telemetry.usage.get((ns, task.metadata.name, s.name)) for s in task.spec.subtasks)
+    kinds = tuple(
+        (d.key.subtask, d.reason, d.best.class_name if d.best else "", d.message.split(":", 1)[0]) for d in deferrals
+    )
+    return (kinds, usage, telemetry.state, telemetry.message, tuple(sorted(held.items())))
 
 
 def _recorded_finished_jobs(jobs: Sequence[JobView], subtasks: Sequence[Any]) -> tuple[str, ...]:
@@ -924,7 +963,7 @@ def run_cycle(view: ClusterView, params: CycleParams, now: datetime, cache: Cycl
         external_queue=params.kueue_default_queue is not None,
     )
     result = schedule_phase(snap, queue, work, sched_params)
-    pending, waits = decisions_phase(view, work, result, queue, ecs, params.kueue_default_queue)
+    pending, waits = decisions_phase(view, work, result, queue, ecs, params.kueue_default_queue, cache)
     class_status = class_status_phase(ecs, snap.nodes, learning, now)
     stats = CycleStats(
         tasks_by_phase=work.phases,

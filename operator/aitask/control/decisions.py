@@ -206,6 +206,10 @@ _DEFERRAL_REASONS: Mapping[str, Reason] = {
 _SEVERITY = {name: i for i, name in enumerate(_DEFERRAL_REASONS)}
 
 
+def _message_of(ordered: Sequence[SubtaskStatus], name: str, default: str) -> str:
+    return next((s.message for s in ordered if s.name == name), default)
+
+
 def _planned_condition(
     conds: Sequence[Any],
     deferrals: Sequence[Deferral],
@@ -221,7 +225,9 @@ def _planned_condition(
             type_=ConditionType.PLANNED,
             status=False,
             reason=reason,
-            message=f"{worst.key.subtask}: {worst.message}",
+            # The sub-task's message, which ``_deferred`` keeps while its decision holds: the deferral's
+            # own carries W, which moves every cycle and would rewrite every waiting task's status.
+            message=f"{worst.key.subtask}: {_message_of(ordered, worst.key.subtask, worst.message)}",
             now=now,
             generation=gen,
         )
