@@ -205,10 +205,12 @@ class CycleCache:
     classes: Mapping[str, ClassInfo] | None = None
     serial: int = 0
     spends: dict[str, tuple[TaskProgress, tuple[Spend, ...]]] = field(default_factory=dict)  # namespace budgets
-    # key -> (progress, other inputs, decision, its status as written, the status it was decided from)
-    decided: dict[str, tuple[TaskProgress, tuple[Any, ...], Any, dict[str, Any], dict[str, Any]]] = field(
+    # key -> (progress, other inputs, decision, its status as written, the status it was decided from,
+    #         the raw status last compared with, whether they differed)
+    decided: dict[str, tuple[TaskProgress, tuple[Any, ...], Any, dict[str, Any], dict[str, Any], Any, bool]] = field(
         default_factory=dict
     )
+    class_bodies: dict[str, tuple[Mapping[str, Any], ExecutorClass | None, str]] = field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------- parsing
@@ -312,15 +314,30 @@ def internal_error(body: Mapping[str, Any], err: Exception, now: datetime) -> Ta
     return _outcome(body, status=status, events=events)
 
 
-def _parse_classes(bodies: Sequence[Mapping[str, Any]], warnings: list[str]) -> dict[str, ExecutorClass]:
+def _parse_classes(
+    bodies: Sequence[Mapping[str, Any]], warnings: list[str], cache: CycleCache | None = None
+) -> dict[str, ExecutorClass]:
+    """The ExecutorClasses, each parsed again only when the informer holds a new body for it."""
     out: dict[str, ExecutorClass] = {}
+    kept: dict[str, tuple[Mapping[str, Any], ExecutorClass | None, str]] = {}
+    previous = cache.class_bodies if cache is not None else {}
     for body in bodies:
-        try:
-            ec = ExecutorClass.model_validate(body)
-        except ValidationError as err:
-            warnings.append(f"ExecutorClass {_meta(body).get('name')}: {validation_message(err)}")
+        name = str(_meta(body).get("name"))
+        hit = previous.get(name)
+        if hit is not None and hit[0] is body:
+            ec, problem = hit[1], hit[2]
+        else:
+            try:
+                ec, problem = ExecutorClass.model_validate(body), ""
+            except ValidationError as err:
+                ec, problem = None, f"ExecutorClass {name}: {validation_message(err)}"
+        kept[name] = (body, ec, problem)
+        if ec is None:
+            warnings.append(problem)
             continue
         out[ec.metadata.name] = ec
+    if cache is not None:
+        cache.class_bodies = kept
     return out
 
 
@@ -806,8 +823,12 @@ def decisions_phase(
             mine, theirs = admitted.get(key, []), deferred.get(key, [])
             sig = _decision_inputs(task, theirs, telemetry, held)
             hit = cache.decided.get(key) if cache is not None and not mine else None
+            raw = work.bodies[key].get("status") or {}
             if hit is not None and hit[0] is prog and hit[1] == sig:
                 decision, wire_new, wire_old = hit[2], hit[3], hit[4]
+                # The same raw status as last cycle compares the same way (deep dict comparisons of every
+                # task in play were a tenth of a busy cycle).
+                changed = hit[6] if hit[5] is raw else raw is not wire_new and wire_new != raw and wire_new != wire_old
             else:
                 decision = decide_task(
                     task,
@@ -823,14 +844,13 @@ def decisions_phase(
                     suspended=held,
                 )
                 wire_new, wire_old = wire(decision.status), wire(task.status)
-                if cache is not None and not mine:
-                    cache.decided[key] = (prog, sig, decision, wire_new, wire_old)
+                changed = raw is not wire_new and wire_new != raw and wire_new != wire_old
+            if cache is not None and not mine:
+                cache.decided[key] = (prog, sig, decision, wire_new, wire_old, raw, changed)
             for cls_name in decision.pending_classes:
                 pending[cls_name] = pending.get(cls_name, 0) + 1
             ns = task.metadata.namespace or ""
             work.count(ns, decision.status.phase)
-            raw = work.bodies[key].get("status") or {}
-            changed = raw is not wire_new and wire_new != raw and wire_new != wire_old
             expire = _recorded_finished_jobs(work.jobs.get(key, []), decision.status.subtasks)
             work.outcomes.append(
                 TaskOutcome(
@@ -936,7 +956,7 @@ def run_cycle(view: ClusterView, params: CycleParams, now: datetime, cache: Cycl
     """Decide everything one cycle does; see the module docstring for the phases."""
     cache = cache if cache is not None else CycleCache()
     warnings: list[str] = []
-    ecs = _parse_classes(view.classes, warnings)
+    ecs = _parse_classes(view.classes, warnings, cache)
     infos: dict[str, ClassInfo] = {name: snapshot.class_info(ec) for name, ec in ecs.items()}
     work = _Work(now=now)
     parse_phase(view, work, cache)

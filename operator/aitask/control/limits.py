@@ -183,9 +183,10 @@ def limits_phase(
                     slot[key] = slot.get(key, 0.0) + amount
         limits.extend(_quota_limits(quotas, uncounted, result.warnings))
     for play in plays:
-        own = budgets.task_budget(play.task.model_copy(update={"status": play.progress.status}))
-        if own is not None:
-            limits.append(own)
+        if play.task.spec.budget is not None:
+            own = budgets.task_budget(play.task.model_copy(update={"status": play.progress.status}))
+            if own is not None:
+                limits.append(own)
     if budget_bodies:
         kept = spend_cache if spend_cache is not None else {}
         in_play = {play.task.key for play in plays}
