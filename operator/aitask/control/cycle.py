@@ -211,6 +211,7 @@ class CycleCache:
         default_factory=dict
     )
     class_bodies: dict[str, tuple[Mapping[str, Any], ExecutorClass | None, str]] = field(default_factory=dict)
+    expected: dict[str, tuple[TaskProgress, Any, dict[str, float]]] = field(default_factory=dict)  # running T
 
 
 # --------------------------------------------------------------------------- parsing
@@ -494,7 +495,15 @@ def progress_phase(
                     stuck_after_seconds=params.stuck_after_seconds,
                 )
                 work.derived += 1
-            wake = progress.next_change(task, prog.status, tjobs, tpods, stuck_after_seconds=params.stuck_after_seconds)
+                hit = None
+            # next_change reads the same inputs as derive: a cached result keeps its wake-up time.
+            wake = (
+                hit[1]
+                if hit is not None
+                else progress.next_change(
+                    task, prog.status, tjobs, tpods, stuck_after_seconds=params.stuck_after_seconds
+                )
+            )
             kept[key] = (sig, wake, prog)
             if wake is not None:
                 work.wakeups.append(wake)
@@ -650,6 +659,7 @@ def _task_queue(
     estimates: estimator.Estimator,
     params: CycleParams,
     queued: Mapping[str, JobView] | None = None,
+    expected_cache: tuple[dict[str, tuple[TaskProgress, Any, dict[str, float]]], Any] | None = None,
 ) -> tuple[list[tuple[Demand, Ready]], list[Running]]:
     """The task's ready demands and its running work; ``queued``: its Jobs submitted to Kueue, by name."""
     now = work.now
@@ -676,6 +686,7 @@ def _task_queue(
                 raise ValueError(f"sub-task {r.subtask.name}: runtime estimate on {name} is {seconds}")
         demands.append((demand, r))
     running = []
+    expected = _expected_runtimes(task, prog, infos, estimates, params, expected_cache)
     for st in prog.status.subtasks:
         if st.phase == SubtaskPhase.RUNNING and st.plan is not None:
             current = st.history[-1] if st.history else None
@@ -691,7 +702,7 @@ def _task_queue(
                 Running(
                     key=SubtaskKey(task.metadata.namespace or "default", task.metadata.name, st.name),
                     class_name=st.plan.class_name,
-                    remaining_seconds=max(0.0, _expected_runtime(task, st, infos, estimates, params) - elapsed),
+                    remaining_seconds=max(0.0, expected[st.name] - elapsed),
                     accelerators=st.plan.accelerators * pods,
                     cpu=parse_quantity(st.plan.cpu or "0") * pods,
                     queued=waiting,
@@ -700,11 +711,49 @@ def _task_queue(
     return demands, running
 
 
+def _expected_runtimes(
+    task: AITask,
+    prog: TaskProgress,
+    infos: Mapping[str, ClassInfo],
+    estimates: estimator.Estimator,
+    params: CycleParams,
+    expected_cache: tuple[dict[str, tuple[TaskProgress, Any, dict[str, float]]], Any] | None,
+) -> dict[str, float]:
+    """T of each running sub-task with today's knowledge, kept while the progress and what was learned hold.
+
+    ``expected_cache`` is (the store, this cycle's fingerprint of the learned runtimes): estimating
+    every running sub-task of every task in play again each cycle was a fifth of a busy cycle.
+    """
+    if expected_cache is not None:
+        hit = expected_cache[0].get(task.key)
+        if hit is not None and hit[0] is prog and hit[1] == expected_cache[1]:
+            return hit[2]
+    out = {
+        st.name: _expected_runtime(task, st, infos, estimates, params)
+        for st in prog.status.subtasks
+        if st.phase == SubtaskPhase.RUNNING and st.plan is not None
+    }
+    if expected_cache is not None:
+        expected_cache[0][task.key] = (prog, expected_cache[1], out)
+    return out
+
+
 def snapshot_phase(
-    view: ClusterView, work: _Work, infos: Mapping[str, ClassInfo], learning: _Learning, params: CycleParams
+    view: ClusterView,
+    work: _Work,
+    infos: Mapping[str, ClassInfo],
+    learning: _Learning,
+    params: CycleParams,
+    cache: CycleCache | None = None,
 ) -> tuple[Snapshot, _Queue]:
     """Free capacity per node and the queue of ready demands (running work re-estimated with today's knowledge)."""
     estimates = estimator.Estimator(infos, learning.learned)
+    expected_cache = None
+    if cache is not None:
+        token = tuple(sorted((k, v.seconds_per_unit) for k, v in learning.learned.items()))
+        for gone in [k for k in cache.expected if k not in work.progresses]:
+            del cache.expected[gone]
+        expected_cache = (cache.expected, token)
     used = _usage(view, work, infos)
     nodes: list[NodeInfo] = []
     for body in view.nodes:
@@ -716,7 +765,9 @@ def snapshot_phase(
 
         def step(key: str = key, prog: TaskProgress = prog) -> None:
             queued = {j.name: j for j in work.jobs.get(key, []) if j.queue_name}
-            demands, running = _task_queue(work.tasks[key], prog, work, infos, estimates, params, queued)
+            demands, running = _task_queue(
+                work.tasks[key], prog, work, infos, estimates, params, queued, expected_cache
+            )
             for demand, r in demands:
                 queue.demands[demand.key] = demand
                 queue.owner[demand.key] = key
@@ -974,7 +1025,7 @@ def run_cycle(view: ClusterView, params: CycleParams, now: datetime, cache: Cycl
     )
     warnings.extend(limited.warnings)
     work.wakeups.extend(limited.wakeups)
-    snap, queue = snapshot_phase(view, work, infos, learning, params)
+    snap, queue = snapshot_phase(view, work, infos, learning, params, cache)
     snap = replace(snap, limits=limited.limits)
     sched_params = SchedulerParams(
         policy=params.policy,
