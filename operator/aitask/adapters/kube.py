@@ -122,6 +122,22 @@ async def create_job(manifest: Mapping[str, Any]) -> bool:
     return True
 
 
+async def create_claim(manifest: Mapping[str, Any]) -> bool:
+    """Create a PersistentVolumeClaim; False when it already existed (it is created before every new Job)."""
+    namespace = manifest["metadata"]["namespace"]
+    try:
+        await _call(
+            "create",
+            "persistentvolumeclaims",
+            lambda: _client("core").create_namespaced_persistent_volume_claim(namespace, manifest),
+        )
+    except ApiException as err:
+        if err.status == 409:
+            return False
+        raise
+    return True
+
+
 async def delete_job(namespace: str, name: str) -> None:
     """Delete a Job and (in the background) its pods; a Job already gone is fine."""
     body = kubernetes.client.V1DeleteOptions(propagation_policy="Background")

@@ -36,10 +36,11 @@ from aitask.api.v1alpha1 import (
     SubtaskPhase,
     TaskPhase,
 )
+from aitask.build import workspace
 from aitask.control.decisions import Retry, Telemetry, decide_task, wire
 from aitask.control.limits import InPlay, limits_phase
 from aitask.core import conditions as cond
-from aitask.core import estimator, progress, scheduler, snapshot
+from aitask.core import estimator, progress, scheduler, snapshot, variants
 from aitask.core.budgets import BudgetUse, Spend
 from aitask.core.dag import find_cycle
 from aitask.core.observed import JobView, PodView, QuotaView
@@ -151,6 +152,7 @@ class TaskOutcome:
     uid: str
     status: dict[str, Any] | None  # the whole new status when it changed, else None
     create_jobs: tuple[dict[str, Any], ...] = ()
+    create_claims: tuple[dict[str, Any], ...] = ()  # the workspace claim, created (409: exists) before the Jobs
     delete_jobs: tuple[str, ...] = ()
     events: tuple[EventSpec, ...] = ()
     # For the metrics, recorded once the status write that carries them succeeded:
@@ -228,7 +230,7 @@ def parse_task(body: Mapping[str, Any]) -> tuple[AITask | None, str]:
     dag_cycle = find_cycle({s.name: s.depends_on for s in task.spec.subtasks})
     if dag_cycle:
         return None, "spec.subtasks[].dependsOn: dependency cycle " + " -> ".join([*dag_cycle, dag_cycle[0]])
-    return task, ""
+    return variants.expand_task(task), ""
 
 
 def _status_only(body: Mapping[str, Any]) -> AITaskStatus:
@@ -597,7 +599,7 @@ def _expected_runtime(
         return float(plan.estimated_seconds)
     demand = snapshot.demand_for(
         task,
-        task.spec.subtask(st.name),
+        variants.for_attempt(task.spec.subtask(st.name), plan.variant),
         max(1, st.attempts),
         now=0.0,
         default_time_weight=params.default_time_weight,
@@ -612,6 +614,7 @@ class _Queue:
     owner: dict[SubtaskKey, str] = field(default_factory=dict)  # demand -> task key
     ready: dict[SubtaskKey, Ready] = field(default_factory=dict)
     running: list[Running] = field(default_factory=list)
+    choices: dict[SubtaskKey, variants.VariantChoice] = field(default_factory=dict)  # sub-tasks with variants
 
 
 def _task_queue(
@@ -696,6 +699,27 @@ def snapshot_phase(
         learned=dict(learning.learned),
     )
     return snap, queue
+
+
+def variants_phase(snap: Snapshot, queue: _Queue, work: _Work, params: SchedulerParams) -> Snapshot:
+    """Each ready sub-task with variants gets its (variant, class) choice; its demand becomes the variant's."""
+    chooser: variants.Chooser | None = None
+    for key, r in list(queue.ready.items()):
+        if not r.subtask.variants:
+            continue
+        owner = queue.owner[key]
+        chooser = chooser or variants.Chooser(snap.classes, snap.nodes, snap.running, snap.learned, params)
+
+        def step(key: SubtaskKey = key, r: Ready = r, owner: str = owner, chooser: variants.Chooser = chooser) -> None:
+            choice = chooser.choose(work.tasks[owner], r.subtask, queue.demands[key])
+            queue.choices[key] = choice
+            queue.demands[key] = choice.demand
+            queue.ready[key] = replace(r, subtask=choice.subtask)
+
+        isolated(work, owner, step)
+    if not queue.choices:
+        return snap
+    return replace(snap, demands=tuple(d for d in queue.demands.values() if queue.owner[d.key] in work.tasks))
 
 
 # --------------------------------------------------------------------------- schedule
@@ -784,6 +808,7 @@ def decisions_phase(
                 ecs,
                 telemetry,
                 work.now,
+                queue.choices,
             )
             for cls_name in decision.pending_classes:
                 pending[cls_name] = pending.get(cls_name, 0) + 1
@@ -800,6 +825,7 @@ def decisions_phase(
                     uid=task.metadata.uid or "",
                     status=wire_new if changed else None,
                     create_jobs=decision.creates,
+                    create_claims=_claims(task) if decision.creates else (),
                     delete_jobs=prog.delete_jobs + decision.delete_jobs,
                     events=decision.events if changed or decision.creates else (),
                     finished=tuple(
@@ -817,6 +843,11 @@ def decisions_phase(
 
         isolated(work, key, step)
     return pending, waits
+
+
+def _claims(task: AITask) -> tuple[dict[str, Any], ...]:
+    claim = workspace.build_claim(task)
+    return (claim,) if claim is not None else ()
 
 
 def _recorded_finished_jobs(jobs: Sequence[JobView], subtasks: Sequence[Any]) -> tuple[str, ...]:
@@ -900,6 +931,7 @@ def run_cycle(view: ClusterView, params: CycleParams, now: datetime, cache: Cycl
     sched_params = SchedulerParams(
         policy=params.policy, ageing_seconds=params.ageing_seconds, low_gpu_util_percent=params.low_gpu_util_percent
     )
+    snap = variants_phase(snap, queue, work, sched_params)
     result = schedule_phase(snap, queue, work, sched_params)
     pending, waits = decisions_phase(view, work, result, queue, ecs)
     class_status = class_status_phase(ecs, snap.nodes, learning, now)

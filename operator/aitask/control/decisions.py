@@ -29,15 +29,17 @@ from aitask.api.v1alpha1 import (
     TaskMetrics,
     TaskPhase,
 )
+from aitask.build import workspace
 from aitask.build.jobs import build_job
 from aitask.core import conditions as cond
-from aitask.core import progress
+from aitask.core import progress, variants
 from aitask.core.progress import EventSpec, Ready, TaskProgress
 from aitask.core.quantity import format_cpu, format_memory
 from aitask.core.reasons import ConditionType, Reason
 from aitask.core.scheduling import admit, limits
 from aitask.core.types import Admission, Deferral, Demand, Option, SubtaskKey
 from aitask.core.usage import combine
+from aitask.core.variants import VariantChoice
 
 
 @dataclass(frozen=True)
@@ -251,8 +253,13 @@ def decide_task(
     ecs: Mapping[str, ExecutorClass],
     telemetry: Telemetry,
     now: datetime,
+    choices: Mapping[SubtaskKey, VariantChoice] | None = None,
 ) -> TaskDecision:
-    """The task's next status after this cycle's admissions and deferrals, and its new Jobs."""
+    """The task's next status after this cycle's admissions and deferrals, and its new Jobs.
+
+    ``choices``: the variant chosen for each demand of a sub-task with variants (core.variants).
+    """
+    choices = choices or {}
     status = prog.status
     subs = {s.name: s for s in status.subtasks}
     creates: list[dict[str, Any]] = []
@@ -261,7 +268,9 @@ def decide_task(
     for adm in admissions:
         sub = ready[adm.key].subtask
         ec = ecs[adm.class_name]
+        choice = choices.get(adm.key)
         manifest = build_job(task, sub, adm, ec.spec)
+        manifest = workspace.with_contract(manifest, task, sub, choice.variant if choice else None, subs)
         creates.append(manifest)
         plan = make_plan(
             adm.chosen,
@@ -273,6 +282,8 @@ def decide_task(
             nodes=adm.nodes,
             message=adm.message,
         )
+        if choice is not None:
+            plan = variants.with_variant(plan, choice)
         prev = subs[sub.name]
         if prev.history and prev.history[-1].result.is_failure:
             retries.append(Retry(class_name=adm.class_name, after=prev.history[-1].result))
@@ -282,7 +293,11 @@ def decide_task(
         events.append(EventSpec("Normal", Reason.ATTEMPT_STARTED, f"{sub.name}: {adm.message}"))
     pending: list[str] = []
     for dfr in deferrals:
-        subs[dfr.key.subtask] = _deferred(subs[dfr.key.subtask], dfr, demands[dfr.key], ecs)
+        st = _deferred(subs[dfr.key.subtask], dfr, demands[dfr.key], ecs)
+        choice = choices.get(dfr.key)
+        if choice is not None and st.plan is not None and st.plan.variant != choice.name:
+            st = st.model_copy(update={"plan": variants.with_variant(st.plan, choice)})
+        subs[dfr.key.subtask] = st
         pending.append(dfr.best.class_name if dfr.best else "none")
     ordered = [_with_usage(subs[s.name], telemetry, task) for s in task.spec.subtasks]
     gen = task.metadata.generation

@@ -30,6 +30,7 @@ from aitask.api.v1alpha1 import (
     TaskPhase,
 )
 from aitask.core import conditions as cond
+from aitask.core import variants
 from aitask.core.dag import critical_path
 from aitask.core.observed import JobView, PodView
 from aitask.core.reasons import ConditionType, Reason
@@ -247,6 +248,7 @@ def derive(
             current = seen.get(number)
             attempt = history.get(number) or Attempt(number=number, job=st.job or "", class_name="")
             plan = st.plan
+            sub = variants.for_attempt(sub, plan.variant if plan is not None else "")
             if stop is not None and (current is None or not current.finished):
                 # Suspended or cancelled: the attempt ends here, its Job (if any) goes with the pods' grace period.
                 if current is not None and not current.deleting:
@@ -442,7 +444,14 @@ def start_attempt(
     prev: SubtaskStatus, sub: Subtask, number: int, *, job: str, plan: Plan, message: str, now: datetime
 ) -> SubtaskStatus:
     """Queued -> Running: the admitted attempt, recorded before its Job is known to exist."""
-    attempt = Attempt(number=number, job=job, class_name=plan.class_name, start_time=now, spec_hash=subtask_hash(sub))
+    attempt = Attempt(
+        number=number,
+        job=job,
+        class_name=plan.class_name,
+        start_time=now,
+        spec_hash=subtask_hash(sub),
+        variant=plan.variant,
+    )
     return _upd(
         prev,
         phase=SubtaskPhase.RUNNING,
