@@ -10,10 +10,10 @@ estimated cost. Pure: the command reads the files or the cluster and formats the
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from aitask.api import v1alpha1 as api
-from aitask.core import dag
+from aitask.core import dag, variants
 from aitask.core.scheduler import schedule
 from aitask.core.snapshot import demand_for
 from aitask.core.types import ClassInfo, Demand, Learned, NodeInfo, Option, Running, SchedulerParams, Snapshot
@@ -34,6 +34,9 @@ class SubtaskPlan:
     message: str
     start_seconds: float  # after its dependencies, plus its own wait when it has none
     finish_seconds: float
+    variant: str = ""  # the chosen variant, when the sub-task lists variants
+    quality: float | None = None
+    pairs: tuple[variants.Pair, ...] = ()  # every (variant, class) pair, F with the quality term
 
 
 @dataclass(frozen=True)
@@ -66,10 +69,12 @@ def plan_task(
     cannot drift from what the operator would decide on the same cluster state.
     """
     params = params or SchedulerParams()
+    task = variants.expand_task(task)
     deps = {s.name: list(s.depends_on) for s in task.spec.subtasks}
     order = dag.topological_order(deps)
     node_tuple = tuple(nodes)
     running_tuple = tuple(running)
+    chooser: variants.Chooser | None = None
     plans: dict[str, SubtaskPlan] = {}
     runtimes: dict[str, float] = {}
     for name in order:
@@ -84,6 +89,12 @@ def plan_task(
             default_time_weight=default_time_weight,
             default_cost_weight=default_cost_weight,
         )
+        choice = None
+        if sub.variants:
+            chooser = chooser or variants.Chooser(classes, node_tuple, running_tuple, learned or {}, params)
+            choice = chooser.choose(task, sub, demand)
+            demand = choice.demand
+            sub = choice.subtask
         result = schedule(
             Snapshot(
                 now=now,
@@ -105,6 +116,9 @@ def plan_task(
             chosen = deferral.best
             alternatives = deferral.alternatives
             admissible, placed, message = False, (), deferral.message
+        if choice is not None and chosen is not None and chosen.score is not None:
+            term = choice.quality_weight * (1.0 - choice.variant.quality)
+            chosen = replace(chosen, score=chosen.score + term)
         runtime = (chosen.runtime_seconds or 0.0) if chosen is not None else 0.0
         wait = (chosen.wait_seconds or 0.0) if chosen is not None else 0.0
         start = max((plans[d].finish_seconds for d in sub.depends_on), default=wait)
@@ -125,6 +139,9 @@ def plan_task(
             ),
             start_seconds=start,
             finish_seconds=start + runtime,
+            variant=choice.name if choice is not None else "",
+            quality=choice.variant.quality if choice is not None else None,
+            pairs=choice.pairs if choice is not None else (),
         )
     length, path = dag.critical_path(deps, runtimes)
     ordered = tuple(plans[n] for n in order)
