@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from aitask.cli import main
-from aitask.commands.local import best_quality, local_steps
+from aitask.commands.local import best_quality, expand, local_steps
 from aitask.files import load_workload
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -54,3 +54,12 @@ def test_local_steps_follow_the_dependency_order_with_the_contract(tmp_path: Pat
     assert train.env["AITASK_OUTPUT"] == f"{tmp_path}/train-large"
     assert json.loads(train.env["AITASK_INPUTS"]) == {"preprocess": f"{tmp_path}/preprocess"}
     assert train.env["AITASK_VARIANT"] == "large"
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("$(AITASK_OUTPUT)/x", "/w/s/x"), ("$$(AITASK_OUTPUT)", "$(AITASK_OUTPUT)"), ("$(UNSET)", "$(UNSET)")],
+    ids=["expanded", "escaped", "unknown-kept"],
+)
+def test_references_in_commands_expand_as_the_kubelet_does(value: str, expected: str) -> None:
+    assert expand(value, {"AITASK_OUTPUT": "/w/s"}) == expected

@@ -4,7 +4,8 @@ The sub-tasks run one at a time in dependency order (ensembles expanded into the
 the operator does), each with the environment contract of ``build.workspace`` rooted at
 ``DIR``: the same variables a pod gets, so a program that works here works on the cluster.
 The image is not used: ``command`` + ``args`` run in ``--cwd`` (default: the YAML file's
-folder), and a leading ``python``/``python3`` is the running interpreter (``--python``).
+folder), a leading ``python``/``python3`` is the running interpreter (``--python``), and
+``$(VAR)`` references in them are expanded from the contract as the kubelet would.
 
 The variant of a sub-task with several is ``--variant SUB=NAME``, else the cost model's choice
 on ``--cluster CLUSTER.yaml`` (the same ``core.variants.Chooser`` as the operator), else the one
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import subprocess
 import sys
 import time
@@ -30,6 +32,12 @@ from aitask.core.types import SchedulerParams
 from aitask.files import FileFormatError, load_cluster, load_workload
 
 PYTHONS = ("python", "python3")
+_REFERENCE = re.compile(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)")
+
+
+def expand(value: str, env: Mapping[str, str]) -> str:
+    """``$(VAR)`` in a command or argument, as the kubelet expands it: ``$$`` escapes, unknown names stay."""
+    return _REFERENCE.sub(lambda m: "$" if m.group(0) == "$$" else env.get(m.group(1), m.group(0)), value)
 
 
 @dataclass(frozen=True)
@@ -78,6 +86,7 @@ def local_steps(task: api.AITask, root: str, choose: Choose, python: str) -> lis
             "AITASK_CLASS": "local",
         }
         env |= workspace.contract_env(task, sub, root=root, variant=variant, ran=ran)
+        argv = [expand(a, env) for a in argv]
         steps.append(Step(subtask=sub, variant=variant, argv=tuple(argv), env=env))
     return steps
 
