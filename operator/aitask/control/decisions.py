@@ -147,6 +147,13 @@ def _deferred(prev: SubtaskStatus, dfr: Deferral, demand: Demand, ecs: Mapping[s
     return prev.model_copy(update={"plan": _preview(dfr, demand, ecs), "message": dfr.message})
 
 
+def _with_choice(st: SubtaskStatus, choice: VariantChoice | None) -> SubtaskStatus:
+    """A waiting sub-task's preview with its variant (kept while the variant stays the same, like the class)."""
+    if choice is None or st.plan is None or st.plan.variant == choice.name:
+        return st
+    return st.model_copy(update={"plan": variants.with_variant(st.plan, choice)})
+
+
 def _with_usage(st: SubtaskStatus, telemetry: Telemetry, task: AITask) -> SubtaskStatus:
     usage = telemetry.usage.get((task.metadata.namespace or "", task.metadata.name, st.name))
     if usage is None or st.phase != SubtaskPhase.RUNNING:
@@ -294,10 +301,7 @@ def decide_task(
     pending: list[str] = []
     for dfr in deferrals:
         st = _deferred(subs[dfr.key.subtask], dfr, demands[dfr.key], ecs)
-        choice = choices.get(dfr.key)
-        if choice is not None and st.plan is not None and st.plan.variant != choice.name:
-            st = st.model_copy(update={"plan": variants.with_variant(st.plan, choice)})
-        subs[dfr.key.subtask] = st
+        subs[dfr.key.subtask] = _with_choice(st, choices.get(dfr.key))
         pending.append(dfr.best.class_name if dfr.best else "none")
     ordered = [_with_usage(subs[s.name], telemetry, task) for s in task.spec.subtasks]
     gen = task.metadata.generation

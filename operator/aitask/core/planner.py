@@ -10,7 +10,8 @@ estimated cost. Pure: the command reads the files or the cluster and formats the
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
+from typing import Any
 
 from aitask.api import v1alpha1 as api
 from aitask.core import dag, variants
@@ -51,6 +52,12 @@ class TaskPlan:
     feasible: bool  # every sub-task has a feasible class
 
 
+def _variant_fields(choice: variants.VariantChoice | None) -> dict[str, Any]:
+    if choice is None:
+        return {}
+    return {"variant": choice.name, "quality": choice.variant.quality, "pairs": choice.pairs}
+
+
 def plan_task(
     task: api.AITask,
     classes: Mapping[str, ClassInfo],
@@ -74,7 +81,8 @@ def plan_task(
     order = dag.topological_order(deps)
     node_tuple = tuple(nodes)
     running_tuple = tuple(running)
-    chooser: variants.Chooser | None = None
+    has_variants = any(s.variants for s in task.spec.subtasks)
+    chooser = variants.Chooser(classes, node_tuple, running_tuple, learned or {}, params) if has_variants else None
     plans: dict[str, SubtaskPlan] = {}
     runtimes: dict[str, float] = {}
     for name in order:
@@ -89,12 +97,9 @@ def plan_task(
             default_time_weight=default_time_weight,
             default_cost_weight=default_cost_weight,
         )
-        choice = None
-        if sub.variants:
-            chooser = chooser or variants.Chooser(classes, node_tuple, running_tuple, learned or {}, params)
-            choice = chooser.choose(task, sub, demand)
-            demand = choice.demand
-            sub = choice.subtask
+        choice = chooser.choose(task, sub, demand) if chooser is not None and sub.variants else None
+        if choice is not None:
+            demand, sub = choice.demand, choice.subtask
         result = schedule(
             Snapshot(
                 now=now,
@@ -116,9 +121,7 @@ def plan_task(
             chosen = deferral.best
             alternatives = deferral.alternatives
             admissible, placed, message = False, (), deferral.message
-        if choice is not None and chosen is not None and chosen.score is not None:
-            term = choice.quality_weight * (1.0 - choice.variant.quality)
-            chosen = replace(chosen, score=chosen.score + term)
+        chosen = variants.with_quality_term(chosen, choice)
         runtime = (chosen.runtime_seconds or 0.0) if chosen is not None else 0.0
         wait = (chosen.wait_seconds or 0.0) if chosen is not None else 0.0
         start = max((plans[d].finish_seconds for d in sub.depends_on), default=wait)
@@ -139,9 +142,7 @@ def plan_task(
             ),
             start_seconds=start,
             finish_seconds=start + runtime,
-            variant=choice.name if choice is not None else "",
-            quality=choice.variant.quality if choice is not None else None,
-            pairs=choice.pairs if choice is not None else (),
+            **_variant_fields(choice),
         )
     length, path = dag.critical_path(deps, runtimes)
     ordered = tuple(plans[n] for n in order)

@@ -249,6 +249,13 @@ class Chooser:
         )
 
 
+def with_quality_term(option: Option | None, choice: VariantChoice | None) -> Option | None:
+    """The scheduler's option for the chosen variant with its F made comparable to the pairs' (quality term added)."""
+    if option is None or choice is None or option.score is None:
+        return option
+    return replace(option, score=option.score + choice.quality_weight * (1.0 - choice.variant.quality))
+
+
 def alternative(pair: Pair) -> api.Alternative:
     o = pair.option
 
