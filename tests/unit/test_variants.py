@@ -70,6 +70,8 @@ def test_joint_variant_and_class_choice_flips_with_the_weights(
     assert container["image"] == f"r/{variant}:1"
     assert container["args"] == ["--model", variant]
     assert {"name": "AITASK_VARIANT", "value": variant} in container["env"]
+    assert job["metadata"]["labels"]["aitask.dev/variant"] == variant
+    assert job["spec"]["template"]["metadata"]["labels"]["aitask.dev/variant"] == variant
     assert job["metadata"]["labels"]["aitask.dev/class"] == klass
     plan = out.status["subtasks"][0]["plan"]
     assert (plan["variant"], plan["class"]) == (variant, klass)

@@ -36,6 +36,7 @@ MAX_GIB = 1e6
 MIN_SPEED, MAX_SPEED = 1e-3, 1e3
 MAX_WORK_UNITS = 1e9
 MAX_VARIANTS = 16
+MAX_EXPANDED_SUBTASKS = 4 * MAX_SUBTASKS  # sub-tasks once every ensemble is one sub-task per member
 MAX_VARIANT_NAME = 22  # an ensemble member is the sub-task "<subtask>-<variant>": at most 63 characters
 
 
@@ -622,6 +623,13 @@ class AITaskSpec(Model):
                     raise ValueError(f"subtasks[{i}].dependsOn: {sub.name!r} depends on itself")
                 if dep not in seen:
                     raise ValueError(f"subtasks[{i}].dependsOn: unknown sub-task {dep!r}")
+        expanded = sum(
+            len(s.ensemble.members or []) or (s.ensemble.top_k or 1) if s.ensemble else 1 for s in self.subtasks
+        )
+        if expanded > MAX_EXPANDED_SUBTASKS:
+            raise ValueError(
+                f"subtasks: {expanded} sub-tasks with the ensemble members, at most {MAX_EXPANDED_SUBTASKS}"
+            )
         for i, sub in enumerate(self.subtasks):
             if sub.ensemble is None:
                 continue

@@ -29,6 +29,7 @@ from aitask.api.v1alpha1 import API_VERSION, AITask, ReclaimPolicy, Subtask, Sub
 from aitask.core.observed import ANNOTATION_TASK, LABEL_MANAGED_BY, LABEL_TASK, MANAGER, label_value
 
 VOLUME = "aitask-workspace"
+LABEL_VARIANT = "aitask.dev/variant"
 MAX_CLAIM_NAME = 253
 
 
@@ -161,8 +162,12 @@ def with_contract(
     variant: Variant | None,
     statuses: Mapping[str, SubtaskStatus],
 ) -> dict[str, Any]:
-    """The Job with the contract's variables in its container, and the workspace claim mounted."""
+    """The Job with the contract's variables in its container, the workspace claim mounted, and the
+    label ``aitask.dev/variant`` on the Job and its pods when it runs a variant."""
     job = copy.deepcopy(dict(manifest))
+    if variant is not None:
+        job["metadata"]["labels"][LABEL_VARIANT] = variant.name
+        job["spec"]["template"]["metadata"]["labels"][LABEL_VARIANT] = variant.name
     pod = job["spec"]["template"]["spec"]
     container = pod["containers"][0]
     env = contract_env(task, sub, root=root_of(task), variant=variant, ran=ran_variants(task, statuses))
