@@ -311,6 +311,7 @@ def test_plan_and_simulate_make_the_operators_choice(objective: dict[str, float]
     assert sub.pairs[0].variant == variant and sub.pairs[0].option.class_name == klass
     sim = simulate(classes, nodes, [task], params=SchedulerParams())
     (placement,) = sim.placements
-    assert placement.class_name == klass
+    assert (placement.class_name, placement.variant) == (klass, variant)
+    assert sim.to_json()["placements"][0]["variant"] == variant  # type: ignore[index]
     # The variant's own runtime (2400 s for both pairs), not the sub-task's prior (1800 s on fast, 7200 on cheap).
     assert sim.makespan_seconds == pytest.approx(2400.0)

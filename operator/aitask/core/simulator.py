@@ -68,6 +68,7 @@ class Placement:
     nodes: tuple[str, ...] = ()
     cost: float = 0.0
     estimated_seconds: float = 0.0
+    variant: str = ""  # the variant it ran, for a sub-task with variants
 
 
 @dataclass(frozen=True)
@@ -119,6 +120,7 @@ class SimResult:
                     "node": p.node,
                     "start": p.start,
                     "end": p.end,
+                    **({"variant": p.variant} if p.variant else {}),
                 }
                 for p in self.placements
             ],
@@ -150,6 +152,7 @@ class _Run:
     demand: Demand
     resource: str
     known: int = 0
+    variant: str = ""
 
 
 def _cluster_now(
@@ -232,6 +235,7 @@ def simulate(
     now = 0.0
     running: dict[SubtaskKey, _Run] = {}
     resolved: dict[tuple[str, str], api.Subtask] = {}  # (task, sub-task) -> the sub-task with its chosen variant
+    chosen_variant: dict[tuple[str, str], str] = {}
 
     while True:
         candidates = []
@@ -305,6 +309,7 @@ def simulate(
                         chooser = variants.Chooser(classes, *seen_now, learned_now, params)
                         choice = chooser.choose(t.task, sub, demand)
                         demand, resolved[(t.name, sub_name)] = choice.demand, choice.subtask
+                        chosen_variant[(t.name, sub_name)] = choice.name
                     if learn:
                         demand = replace(demand, estimate_by_class={})
                     if told is not None:
@@ -344,6 +349,7 @@ def simulate(
                 demand=demand,
                 resource=accelerator_resource(classes[adm.class_name]),
                 known=seen.get(demand.profile, 0),
+                variant=chosen_variant.get((t.name, sub_name), ""),
             )
             _take(free, run)
             t.started.add(sub_name)
@@ -420,6 +426,7 @@ def _summarise(
                 nodes=r.admission.nodes,
                 cost=money,
                 estimated_seconds=r.estimated,
+                variant=r.variant,
             )
         )
     first = min((t.arrival for t in state), default=0.0)
