@@ -131,6 +131,36 @@ def test_learned_runtimes_are_kept_per_variant_profile() -> None:
     assert "SpecChangeIgnored" not in conditions  # the Job ran the resolved spec it was built from
 
 
+def test_a_job_found_without_its_status_write_is_adopted_with_its_variant() -> None:
+    job = only(cycle([body("t", [STEP], objective=QUALITY_HIGH)])).create_jobs[0]
+    running = JobView(
+        namespace="ns",
+        name="t-train-1",
+        task="t",
+        subtask="train",
+        attempt=1,
+        class_name="fast",
+        active=1,
+        succeeded=0,
+        failed=0,
+        complete=False,
+        failed_final=False,
+        failure_reason="",
+        failure_message="",
+        start_time=NOW,
+        completion_time=None,
+        finished_at=None,
+        deleting=False,
+        spec_hash=job["metadata"]["annotations"]["aitask.dev/spec-hash"],
+        variant=job["metadata"]["labels"]["aitask.dev/variant"],
+    )
+    out = only(cycle([body("t", [STEP], objective=QUALITY_HIGH)], [running], timedelta(seconds=5)))
+    st = out.status["subtasks"][0]
+    assert (st["phase"], st["plan"]["variant"], st["history"][0]["variant"]) == ("Running", "large", "large")
+    assert out.create_jobs == ()
+    assert "SpecChangeIgnored" not in {c["type"] for c in out.status["conditions"]}
+
+
 def test_a_variant_profile_and_env_override() -> None:
     sub = api.Subtask.model_validate({**STEP, "env": [{"name": "A", "value": "1"}, {"name": "B", "value": "1"}]})
     large = api.Variant.model_validate({**LARGE, "profile": "big", "env": [{"name": "B", "value": "2"}]})

@@ -26,10 +26,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from aitask.api.v1alpha1 import API_VERSION, AITask, ReclaimPolicy, Subtask, SubtaskStatus, SubtaskType, Variant
-from aitask.core.observed import ANNOTATION_TASK, LABEL_MANAGED_BY, LABEL_TASK, MANAGER, label_value
+from aitask.core.observed import ANNOTATION_TASK, LABEL_MANAGED_BY, LABEL_TASK, LABEL_VARIANT, MANAGER, label_value
 
 VOLUME = "aitask-workspace"
-LABEL_VARIANT = "aitask.dev/variant"
 MAX_CLAIM_NAME = 253
 
 

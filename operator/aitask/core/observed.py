@@ -16,6 +16,7 @@ LABEL_TASK = "aitask.dev/task"
 LABEL_SUBTASK = "aitask.dev/subtask"
 LABEL_ATTEMPT = "aitask.dev/attempt"
 LABEL_CLASS = "aitask.dev/class"
+LABEL_VARIANT = "aitask.dev/variant"  # the variant (model) an attempt of a sub-task with variants runs
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 MANAGER = "aitask-operator"
 ANNOTATION_SPEC_HASH = "aitask.dev/spec-hash"
@@ -76,6 +77,7 @@ class JobView:
     completions: int = 1
     created: datetime | None = None  # metadata.creationTimestamp: a Job with no pod long after it is stuck
     suspended: bool = False  # spec.suspend: held by Kueue (or a user), so having no pod is expected
+    variant: str = ""  # label aitask.dev/variant: what an adopted attempt runs
 
     @property
     def finished(self) -> bool:
@@ -142,6 +144,7 @@ def job_view(body: Mapping[str, Any]) -> JobView | None:
         finished_at=finished,
         deleting=bool(meta.get("deletionTimestamp")),
         spec_hash=annotations.get(ANNOTATION_SPEC_HASH, ""),
+        variant=labels.get(LABEL_VARIANT, ""),
         ttl_seconds=(body.get("spec") or {}).get("ttlSecondsAfterFinished"),
         parallelism=int((body.get("spec") or {}).get("parallelism") or 1),
         completions=int((body.get("spec") or {}).get("completions") or 1),

@@ -56,6 +56,7 @@ def _adopted_plan(job: JobView) -> Plan:
     """What an existing Job says of its placement, for an attempt the status did not record as such."""
     return Plan(
         class_name=job.class_name,
+        variant=job.variant,
         accelerators=job.accelerators,
         cpu=job.cpu,
         memory=job.memory,
@@ -216,6 +217,7 @@ def derive(
                     class_name=job.class_name,
                     spec_hash=job.spec_hash,
                     start_time=job.start_time,
+                    variant=job.variant,
                 )
                 events.append(
                     EventSpec(
