@@ -80,6 +80,8 @@ def test_joint_variant_and_class_choice_flips_with_the_weights(
     assert (other, "fast") in pairs and (other, "cheap") in pairs
     assert (other, "cpu") in pairs  # the CPU pool is infeasible for a GPU step: listed with its reason
     assert out.status["subtasks"][0]["history"][0]["variant"] == variant
+    assert out.status["subtasks"][0]["message"].startswith(f"variant {variant} (quality ")
+    assert any(e.message.startswith(f"train: variant {variant} ") for e in out.events)
     # Every feasible alternative scores no better than the chosen pair (F includes the quality term).
     assert all(a["score"] >= plan["score"] - 1e-6 for a in plan["alternatives"] if a["feasible"])
 

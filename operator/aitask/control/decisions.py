@@ -295,9 +295,9 @@ def decide_task(
         if prev.history and prev.history[-1].result.is_failure:
             retries.append(Retry(class_name=adm.class_name, after=prev.history[-1].result))
         subs[sub.name] = progress.start_attempt(
-            prev, sub, adm.attempt, job=manifest["metadata"]["name"], plan=plan, message=adm.message, now=now
+            prev, sub, adm.attempt, job=manifest["metadata"]["name"], plan=plan, message=plan.message, now=now
         )
-        events.append(EventSpec("Normal", Reason.ATTEMPT_STARTED, f"{sub.name}: {adm.message}"))
+        events.append(EventSpec("Normal", Reason.ATTEMPT_STARTED, f"{sub.name}: {plan.message}"))
     pending: list[str] = []
     for dfr in deferrals:
         st = _deferred(subs[dfr.key.subtask], dfr, demands[dfr.key], ecs)

@@ -300,5 +300,6 @@ def with_variant(plan: api.Plan, choice: VariantChoice) -> api.Plan:
             "quality": choice.variant.quality,
             "score": round(plan.score + gamma_term, 6) if plan.class_name else plan.score,
             "alternatives": own + others,
+            "message": f"variant {choice.name} (quality {choice.variant.quality:g}): {plan.message}",
         }
     )
