@@ -44,6 +44,10 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         return
     try:
         locate_binaries()
+        if any("kueue" in getattr(item, "fixturenames", ()) for item in session.items):
+            from e2e.kueue import locate_kueue
+
+            locate_kueue()  # e2e/tools/build-kueue.sh: a cold build takes minutes
     except ClusterError as err:
         raise pytest.UsageError(f"e2e: control-plane binaries unavailable: {err}") from err
 

@@ -41,6 +41,7 @@ class Operator:
         self.extra_env = dict(env or {})
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
+        self.sigkilled = False  # a stop() had to SIGKILL it
 
     @property
     def log_path(self) -> Path:
@@ -78,6 +79,7 @@ class Operator:
         self.proc = None
 
     def stop(self, timeout: float = 15.0) -> None:
+        """SIGTERM, then SIGKILL if it has not exited within ``timeout`` (recorded in ``sigkilled``)."""
         if self.proc is None:
             return
         if self.proc.poll() is None:
@@ -85,6 +87,7 @@ class Operator:
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
+                self.sigkilled = True
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(10)
         self.proc = None

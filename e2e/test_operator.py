@@ -280,6 +280,15 @@ def test_operator_killed_mid_run_resumes_without_duplicates(
     assert operator.starts == 2
 
 
+def test_sigterm_stops_the_operator_cleanly(cluster: Cluster, namespace: str, operator: Operator) -> None:
+    """A rollout or a node drain sends SIGTERM: the operator exits by itself, with its cleanup run,
+    well within the pod's grace period (quiet watches used to hold it until SIGKILL)."""
+    operator.wait_metrics()
+    operator.stop(timeout=10)
+    assert not operator.sigkilled, operator.log(40)
+    assert "Activity 'shutdown' succeeded" in operator.log(40)
+
+
 def test_deleting_the_aitask_removes_its_jobs_and_pods(cluster: Cluster, namespace: str, operator: Operator) -> None:
     steps = [{"name": "long", "type": "preprocess", "image": "registry.example/long:e2e", "podMetadata": sim("1h")}]
     cluster.apply(aitask("doomed", steps), namespace=namespace)

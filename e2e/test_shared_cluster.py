@@ -4,7 +4,9 @@ conditions ``kubectl wait`` reads, on the real apiserver, job controller, schedu
 from __future__ import annotations
 
 import json
+import re
 import shutil
+import urllib.request
 from typing import Any
 
 import pytest
@@ -129,6 +131,14 @@ def test_budgets_task_ceiling_in_the_plan_and_namespace_spent(cluster: Cluster, 
                   describe=lambda: json.dumps(get(cluster, "aitaskbudget", "daily", namespace), indent=1))
     assert st["remainingCost"] == pytest.approx(50.0 - total, abs=1e-4)
     assert st["acceleratorHours"]["*"]["used"] > 0
+    # The same figures in Prometheus, from the operator's /metrics.
+    text = urllib.request.urlopen(f"{operator.metrics_url}/metrics", timeout=10).read().decode()
+    labels = f'budget="daily",namespace="{namespace}",resource="cost"'
+    spent = re.search(r"^aitask_budget_spent\{" + re.escape(labels) + r"\} (\S+)$", text, re.M)
+    remaining = re.search(r"^aitask_budget_remaining\{" + re.escape(labels) + r"\} (\S+)$", text, re.M)
+    assert spent is not None and remaining is not None, text[-2000:]
+    assert float(spent.group(1)) == pytest.approx(total, abs=1e-4)
+    assert float(remaining.group(1)) == pytest.approx(50.0 - total, abs=1e-4)
 
 
 def test_suspend_stops_the_job_and_resume_continues(cluster: Cluster, namespace: str, operator: Operator) -> None:

@@ -3,6 +3,7 @@
 #   1. Debian packages: prometheus (the real server, for the telemetry e2e tests)
 #   2. .venv/ with the project and its dev tools (pinned in pyproject.toml)
 #   3. the control-plane binaries built from e2e/tools (cached in ~/.cache/aitask/bin/<versions>)
+#   4. the Kueue manager built from e2e/tools/kueue (its own cache key, ~/.cache/aitask/bin/kueue-<version>...)
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
@@ -31,3 +32,6 @@ fi
 log "control-plane binaries (cold build ~10 min on 2 cores, then cached)"
 bin=$(bash e2e/tools/build.sh)
 log "binaries in $bin"
+log "Kueue manager (for the Kueue interop test; cold build a few minutes, then cached)"
+kueue_bin=$(bash e2e/tools/build-kueue.sh)
+log "Kueue in $kueue_bin"

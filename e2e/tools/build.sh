@@ -24,7 +24,9 @@ GO_VERSION=$(go env GOVERSION)
 # Bump RECIPE when the way the binaries are built changes (flags, ldflags, the set of binaries);
 # comments and other edits of this script do not invalidate the cache.
 RECIPE=1
-sum=$(cat "$here"/*/go.mod "$here"/*/go.sum | sha256sum | cut -c1-12)
+# The modules are named, not globbed: e2e/tools/kueue/ has its own key (build-kueue.sh), and
+# adding it here would rebuild every binary. The order (alphabetical) keeps the key of the glob.
+sum=$(cat "$here"/{etcd,helm,k8s,kwok}/go.mod "$here"/{etcd,helm,k8s,kwok}/go.sum | sha256sum | cut -c1-12)
 key="k8s-${K8S_VERSION}_etcd-${ETCD_VERSION}_kwok-${KWOK_VERSION}_helm-${HELM_VERSION}_${GO_VERSION}_r${RECIPE}_${sum}"
 bin="${AITASK_CACHE:-$HOME/.cache/aitask}/bin/$key"
 

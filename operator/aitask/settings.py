@@ -51,6 +51,19 @@ class OperatorSettings(BaseSettings):
     )
     api_qps: float = Field(200.0, gt=0, description="Sustained Kubernetes API requests per second of the operator.")
     api_burst: int = Field(400, ge=1, description="Requests the operator may send at once above api_qps.")
+    kueue_enabled: bool = Field(
+        False,
+        description=(
+            "Kueue interop: child Jobs are created suspended with the kueue.x-k8s.io/queue-name label and Kueue "
+            "admits them; the operator still picks the class (and its node selector) by the cost model."
+        ),
+    )
+    kueue_default_queue: str = Field(
+        "default",
+        pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
+        max_length=63,
+        description="LocalQueue of an AITask without spec.queueName, in Kueue mode (each namespace creates it).",
+    )
     gpu_util_low_percent: float = Field(
         30.0, ge=0, le=100, description="Average GPU utilisation under which a class is deemed oversized."
     )

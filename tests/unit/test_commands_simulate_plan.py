@@ -161,3 +161,23 @@ def test_pod_requests_count_init_containers_like_the_scheduler() -> None:
         "initContainers": [{"resources": {"requests": {"cpu": "4", "memory": "512Mi"}}}],
     }}
     assert pod_requests(pod) == {"cpu": 4.0, "memory": 2.0**30, "nvidia.com/gpu": 1.0}
+
+
+def test_plan_honours_the_task_budget_across_its_subtasks(
+    files: tuple[Path, Path], capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    cluster, _ = files
+    body = (make_aitask("capped")
+            .subtask("a", gpus=1, seconds_by_class={"v100": 600, "k80": 1200})
+            .subtask("b", gpus=1, depends_on=["a"], seconds_by_class={"v100": 600, "k80": 1200})
+            .dict())
+    # v100: 0.51 per sub-task (faster), k80: 0.30; a budget of 0.9 fits one v100, then only a k80.
+    body["spec"]["budget"] = {"maxCost": 0.9}
+    one = tmp_path / "capped.yaml"
+    one.write_text(yaml.safe_dump(body))
+    assert call(["plan", str(one), "--cluster", str(cluster), "--format", "json"]) == 0
+    subs = {s["name"]: s for s in json.loads(capsys.readouterr().out)["subtasks"]}
+    assert subs["a"]["class"] == "v100"
+    assert subs["b"]["class"] == "k80"
+    v100 = next(a for a in subs["b"]["alternatives"] if a["class"] == "v100")
+    assert v100["feasible"] is False and "the task's budget" in v100["reason"]

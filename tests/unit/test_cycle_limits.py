@@ -75,7 +75,7 @@ def test_namespace_budget_counts_finished_tasks_and_writes_its_status() -> None:
          "startTime": "2026-01-01T00:00:00Z", "finishTime": "2026-01-01T00:00:00Z", "actualSeconds": 0,
          "actualCost": 0}]}]}
     old = FinishedTask("ns", "old", "u-old", "Succeeded",
-                       spends=spends({"subtasks": [GPU_STEP]}, done_status, NOW))
+                       spends=spends({"subtasks": [GPU_STEP]}, done_status))
     budget = {"metadata": {"name": "daily", "namespace": "ns", "generation": 1},
               "spec": {"period": "Day", "maxCost": 100.0}, "status": {}}
     out = cycle([body("t", [GPU_STEP])], finished=[old], budgets=[budget])
@@ -88,3 +88,17 @@ def test_namespace_budget_counts_finished_tasks_and_writes_its_status() -> None:
     # The same figures again are not written again.
     again = cycle([body("t", [GPU_STEP])], finished=[old], budgets=[{**budget, "status": written}])
     assert again.budget_status == {}
+
+
+def test_a_waiting_task_is_not_rewritten_while_only_its_expected_wait_moves() -> None:
+    from datetime import timedelta
+
+    step = {"name": "train", "type": "training", "image": "r/train:1",
+            "executor": {"accelerators": 4, "classes": ["fast"]}, "estimate": {"seconds": 600, "onClass": "fast"}}
+    first = cycle([body("a", [step]), body("b", [step])])
+    statuses = {t.name: t.status for t in first.tasks}
+    assert [t.name for t in first.tasks if t.create_jobs] == ["a"]
+    later = run_cycle(ClusterView(tasks=[body(n, [step], status=statuses[n]) for n in ("a", "b")], jobs=[], pods=[],
+                                  nodes=NODES, classes=CLASSES), CycleParams(), NOW + timedelta(seconds=5))
+    b = next(t for t in later.tasks if t.name == "b")
+    assert b.status is None  # W went from 600 s to 595 s: the decision is the same, nothing to write

@@ -34,8 +34,9 @@ BY_CLASS = {"v100": 3600.0, "k80": 7200.0}  # cost: v100 3.0, k80 1.0
 
 
 def run(demands: Sequence[Demand], lims: Sequence[Limit]) -> CycleResult:
-    return schedule(Snapshot(now=0.0, classes=CLASSES, nodes=NODES, demands=tuple(demands), limits=tuple(lims)),
-                    SchedulerParams())
+    return schedule(
+        Snapshot(now=0.0, classes=CLASSES, nodes=NODES, demands=tuple(demands), limits=tuple(lims)), SchedulerParams()
+    )
 
 
 def gpu_demand(i: int, ns: str = "team", **kw: Any) -> Demand:
@@ -166,7 +167,6 @@ def test_namespace_budget_spent_committed_and_remaining() -> None:
                     }
                 ]
             ),
-            now,
         ),
         # ended yesterday: not in today's window
         *budgets.spends(
@@ -183,7 +183,6 @@ def test_namespace_budget_spent_committed_and_remaining() -> None:
                     }
                 ]
             ),
-            now,
         ),
         # running for 30 min of a 1 h plan costing 2.0: 1.0 accrued, 1.0 committed
         *budgets.spends(
@@ -192,7 +191,6 @@ def test_namespace_budget_spent_committed_and_remaining() -> None:
                 [{"class": "k80", "result": "Running", "startTime": (T0 - timedelta(minutes=30)).isoformat()}],
                 {"estimatedSeconds": 3600, "estimatedCost": 2.0},
             ),
-            now,
         ),
     ]
     assert len(spends) == 3
@@ -215,11 +213,32 @@ def test_namespace_budget_spent_committed_and_remaining() -> None:
 
 def test_budget_status_is_rewritten_only_for_material_changes() -> None:
     written = T0.isoformat()
-    old = {"windowStart": "a", "spentCost": 1.0, "committedCost": 0.0, "remainingCost": 9.0, "conditions": [],
-           "updatedAt": written}
+    old = {
+        "windowStart": "a",
+        "spentCost": 1.0,
+        "committedCost": 0.0,
+        "remainingCost": 9.0,
+        "conditions": [],
+        "updatedAt": written,
+    }
     small = {**old, "spentCost": 1.001, "remainingCost": 8.999}
     assert not material(old, small, 10.0, T0 + timedelta(seconds=5))
     assert material(old, small, 10.0, T0 + timedelta(seconds=31))  # a small change is written after 30 s
     assert not material(old, {**old}, 10.0, T0 + timedelta(hours=1))  # no change: never
     assert material(old, {**old, "spentCost": 1.2, "remainingCost": 8.8}, 10.0, T0 + timedelta(seconds=1))
     assert material(old, {**old, "windowStart": "b"}, 10.0, T0)
+
+
+def test_kueue_hand_overs_are_held_and_booked_by_limits_too() -> None:
+    ns_budget = Limit(NAMESPACE_BUDGET, "daily", "team", {"cost": 2.5}, {"cost": 0.0})
+    full = tuple(make_node_info(n.name, n.classes, gpus=8, free={"nvidia.com/gpu": 0.0}) for n in NODES)
+    snap = Snapshot(
+        now=0.0,
+        classes=CLASSES,
+        nodes=full,
+        demands=tuple(gpu_demand(i, time_weight=0.0, cost_weight=1.0) for i in range(4)),
+        limits=(ns_budget,),
+    )
+    result = schedule(snap, SchedulerParams(external_queue=True))
+    assert len(result.admitted) == 2  # handed over with no node free; the budget still counts them
+    assert {d.reason for d in result.deferred} == {limits.WAITING_FOR_BUDGET}

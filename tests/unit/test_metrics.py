@@ -39,6 +39,17 @@ def test_task_phases_are_set_zero_filled_and_pruned(m: OperatorMetrics) -> None:
     assert value(m, "aitask_tasks", namespace="cv", phase="Succeeded") is None
 
 
+def test_budget_gauges_are_set_and_stale_series_removed(m: OperatorMetrics) -> None:
+    m.record_budgets({("team", "daily", "cost"): (50.0, 12.5, 37.5), ("team", "daily", "acceleratorHours/h100"): (
+        40.0, 41.0, 0.0)})
+    assert value(m, "aitask_budget_limit", namespace="team", budget="daily", resource="cost") == 50.0
+    assert value(m, "aitask_budget_spent", namespace="team", budget="daily", resource="cost") == 12.5
+    assert value(m, "aitask_budget_remaining", namespace="team", budget="daily", resource="cost") == 37.5
+    m.record_budgets({("team", "daily", "cost"): (50.0, 20.0, 30.0)})
+    assert value(m, "aitask_budget_spent", namespace="team", budget="daily", resource="cost") == 20.0
+    assert value(m, "aitask_budget_spent", namespace="team", budget="daily", resource="acceleratorHours/h100") is None
+
+
 @pytest.mark.parametrize(
     ("given", "recorded"),
     [("succeeded", "succeeded"), ("OOM_Killed", "oom_killed"), ("pod-uid-1234", "other")],

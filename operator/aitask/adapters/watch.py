@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -64,13 +65,21 @@ class Informer:
         self._thread.start()
 
     def stop(self) -> None:
+        """Stop at once: a watch blocked reading a quiet stream is woken by shutting its socket down.
+
+        Not ``response.close()``: closing an SSL connection that another thread is reading from
+        blocks the caller until the read returns (up to the watch timeout, minutes), which held
+        every operator shutdown until SIGKILL.
+        """
         self._stop.set()
         response = self._response
-        if response is not None:
+        conn = getattr(response, "connection", None) if response is not None else None
+        sock = getattr(conn, "sock", None)
+        if sock is not None:
             try:
-                response.close()  # unblocks the read of a watch that has nothing to say
-            except Exception:  # noqa: BLE001 - best effort at shutdown
-                log.debug("closing the %s watch failed", self.kind.name, exc_info=True)
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:  # already closed
+                log.debug("shutting the %s watch down failed", self.kind.name, exc_info=True)
 
     def values(self) -> list[Any]:
         return list(self.store.values())

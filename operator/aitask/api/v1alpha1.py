@@ -593,6 +593,16 @@ class AITaskSpec(Model):
         None, description="The whole task fails if it has not finished this long after creation."
     )
     template: PodTemplatePart = Field(default_factory=PodTemplatePart)
+    queue_name: str | None = Field(
+        None,
+        pattern=DNS_LABEL,
+        max_length=63,
+        description=(
+            "Kueue LocalQueue (in the task's namespace) its child Jobs are submitted to when the operator "
+            "runs in Kueue mode (AITASK_KUEUE_ENABLED); default: the operator's AITASK_KUEUE_DEFAULT_QUEUE. "
+            "Ignored otherwise."
+        ),
+    )
     subtasks: list[Subtask] = Field(min_length=1, max_length=MAX_SUBTASKS)
     budget: TaskBudget | None = Field(None, description="A cost ceiling for the whole task.")
     workspace: Workspace | None = Field(

@@ -19,6 +19,7 @@ from aitask.core.observed import (
     ANNOTATION_TASK,
     LABEL_ATTEMPT,
     LABEL_CLASS,
+    LABEL_KUEUE_QUEUE,
     LABEL_MANAGED_BY,
     LABEL_SUBTASK,
     LABEL_TASK,
@@ -83,14 +84,22 @@ def build_job(
     executor_class: ExecutorClassSpec,
     *,
     extra_env: Mapping[str, str] | None = None,
+    queue_name: str | None = None,
 ) -> dict[str, Any]:
-    """The batch/v1 Job for one admitted attempt of one sub-task on the chosen executor class."""
+    """The batch/v1 Job for one admitted attempt of one sub-task on the chosen executor class.
+
+    With ``queue_name`` (Kueue mode) the Job carries Kueue's queue-name label and is created
+    suspended: Kueue admits it (unsuspends it) when its ClusterQueue has quota. The class's node
+    selector stays a required node affinity, which Kueue's flavor assignment honours, so the
+    flavor Kueue picks is the one whose node labels match the class the cost model chose.
+    """
     attempt, class_name, nodes = admission.attempt, admission.class_name, admission.nodes
     accelerators, cpu, memory = admission.accelerators, admission.cpu, admission.memory
     estimated_seconds = admission.chosen.runtime_seconds or 0.0
     meta = task.metadata
     name = job_name(meta.name, sub.name, attempt)
     labels = _labels(task, sub, attempt, class_name)
+    job_labels = {**labels, LABEL_KUEUE_QUEUE: queue_name} if queue_name else labels
     requests: dict[str, str] = {"cpu": format_cpu(cpu), "memory": format_memory(memory)}
     limits: dict[str, str] = {"memory": format_memory(memory)}
     if accelerators and executor_class.accelerator is not None:
@@ -161,13 +170,15 @@ def build_job(
         job_spec["completionMode"] = "Indexed"
     if sub.timeout_seconds:
         job_spec["activeDeadlineSeconds"] = sub.timeout_seconds
+    if queue_name:
+        job_spec["suspend"] = True
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
         "metadata": {
             "name": name,
             "namespace": meta.namespace,
-            "labels": labels,
+            "labels": job_labels,
             "annotations": {
                 ANNOTATION_TASK: task.metadata.name,
                 ANNOTATION_CLASS: class_name,

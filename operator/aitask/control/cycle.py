@@ -76,6 +76,8 @@ class CycleParams:
     stuck_after_seconds: float = progress.STUCK_AFTER_SECONDS
     low_gpu_util_percent: float = 30.0
     policy: Policy = Policy.COST
+    # Kueue mode: the LocalQueue of a task without spec.queueName; None runs without Kueue.
+    kueue_default_queue: str | None = None
 
 
 @dataclass(frozen=True)
@@ -204,6 +206,13 @@ class CycleCache:
     derived: dict[str, tuple[tuple[Any, ...], datetime | None, TaskProgress]] = field(default_factory=dict)
     classes: Mapping[str, ClassInfo] | None = None
     serial: int = 0
+    spends: dict[str, tuple[TaskProgress, tuple[Spend, ...]]] = field(default_factory=dict)  # namespace budgets
+    # key -> (progress, other inputs, decision, its status as written, the status it was decided from,
+    #         the raw status last compared with, whether they differed)
+    decided: dict[str, tuple[TaskProgress, tuple[Any, ...], Any, dict[str, Any], dict[str, Any], Any, bool]] = field(
+        default_factory=dict
+    )
+    class_bodies: dict[str, tuple[Mapping[str, Any], ExecutorClass | None, str]] = field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------- parsing
@@ -307,15 +316,30 @@ def internal_error(body: Mapping[str, Any], err: Exception, now: datetime) -> Ta
     return _outcome(body, status=status, events=events)
 
 
-def _parse_classes(bodies: Sequence[Mapping[str, Any]], warnings: list[str]) -> dict[str, ExecutorClass]:
+def _parse_classes(
+    bodies: Sequence[Mapping[str, Any]], warnings: list[str], cache: CycleCache | None = None
+) -> dict[str, ExecutorClass]:
+    """The ExecutorClasses, each parsed again only when the informer holds a new body for it."""
     out: dict[str, ExecutorClass] = {}
+    kept: dict[str, tuple[Mapping[str, Any], ExecutorClass | None, str]] = {}
+    previous = cache.class_bodies if cache is not None else {}
     for body in bodies:
-        try:
-            ec = ExecutorClass.model_validate(body)
-        except ValidationError as err:
-            warnings.append(f"ExecutorClass {_meta(body).get('name')}: {validation_message(err)}")
+        name = str(_meta(body).get("name"))
+        hit = previous.get(name)
+        if hit is not None and hit[0] is body:
+            ec, problem = hit[1], hit[2]
+        else:
+            try:
+                ec, problem = ExecutorClass.model_validate(body), ""
+            except ValidationError as err:
+                ec, problem = None, f"ExecutorClass {name}: {validation_message(err)}"
+        kept[name] = (body, ec, problem)
+        if ec is None:
+            warnings.append(problem)
             continue
         out[ec.metadata.name] = ec
+    if cache is not None:
+        cache.class_bodies = kept
     return out
 
 
@@ -608,6 +632,10 @@ def _expected_runtime(
     return estimates.estimate(demand, plan.class_name).seconds
 
 
+def _parallelism(task: AITask, name: str) -> int:
+    return next((s.parallelism for s in task.spec.subtasks if s.name == name), 1)
+
+
 @dataclass
 class _Queue:
     demands: dict[SubtaskKey, Demand] = field(default_factory=dict)
@@ -624,7 +652,9 @@ def _task_queue(
     infos: Mapping[str, ClassInfo],
     estimates: estimator.Estimator,
     params: CycleParams,
+    queued: Mapping[str, JobView] | None = None,
 ) -> tuple[list[tuple[Demand, Ready]], list[Running]]:
+    """The task's ready demands and its running work; ``queued``: its Jobs submitted to Kueue, by name."""
     now = work.now
     epoch = now.timestamp()
     created = (task.metadata.creation_timestamp or now).timestamp()
@@ -653,8 +683,13 @@ def _task_queue(
         if st.phase == SubtaskPhase.RUNNING and st.plan is not None:
             current = st.history[-1] if st.history else None
             started = current.start_time if current is not None and current.start_time else st.start_time
+            kueue_job = (queued or {}).get(st.job or "")
+            waiting = kueue_job is not None and kueue_job.suspended
+            if kueue_job is not None:  # it starts when Kueue unsuspends it: until then all of T is ahead
+                started = None if waiting else kueue_job.start_time or started
             elapsed = (now - started).total_seconds() if started else 0.0
-            pods = max(1, len(st.plan.nodes))
+            # Pods it runs at once: one planned node each; a Job handed to Kueue has none planned.
+            pods = max(1, len(st.plan.nodes) or _parallelism(task, st.name))
             running.append(
                 Running(
                     key=SubtaskKey(task.metadata.namespace or "default", task.metadata.name, st.name),
@@ -662,6 +697,7 @@ def _task_queue(
                     remaining_seconds=max(0.0, _expected_runtime(task, st, infos, estimates, params) - elapsed),
                     accelerators=st.plan.accelerators * pods,
                     cpu=parse_quantity(st.plan.cpu or "0") * pods,
+                    queued=waiting,
                 )
             )
     return demands, running
@@ -682,7 +718,8 @@ def snapshot_phase(
     for key, prog in list(work.progresses.items()):
 
         def step(key: str = key, prog: TaskProgress = prog) -> None:
-            demands, running = _task_queue(work.tasks[key], prog, work, infos, estimates, params)
+            queued = {j.name: j for j in work.jobs.get(key, []) if j.queue_name}
+            demands, running = _task_queue(work.tasks[key], prog, work, infos, estimates, params, queued)
             for demand, r in demands:
                 queue.demands[demand.key] = demand
                 queue.owner[demand.key] = key
@@ -779,8 +816,16 @@ def decisions_phase(
     result: CycleResult,
     queue: _Queue,
     ecs: Mapping[str, ExecutorClass],
+    kueue_queue: str | None = None,
+    cache: CycleCache | None = None,
 ) -> tuple[dict[str, int], list[Admitted]]:
-    """Each task's next status and Jobs; returns pending demands per class and this cycle's waits."""
+    """Each task's next status and Jobs; returns pending demands per class and this cycle's waits.
+
+    A task admitted nothing this cycle and whose progress (the same derived object), deferrals
+    (their class and kind of reason), GPU samples and Kueue holds are as last cycle gets last
+    cycle's decision again, from ``cache``: ``decide_task`` and the two status dumps were most of
+    a busy cycle, once per task in play and cycle.
+    """
     admitted: dict[str, list[Admission]] = {}
     deferred: dict[str, list[Deferral]] = {}
     waits: list[Admitted] = []
@@ -798,25 +843,39 @@ def decisions_phase(
 
         def step(key: str = key, prog: TaskProgress = prog) -> None:
             task = work.tasks[key]
-            decision = decide_task(
-                task,
-                prog,
-                admitted.get(key, []),
-                deferred.get(key, []),
-                queue.ready,
-                queue.demands,
-                ecs,
-                telemetry,
-                work.now,
-                queue.choices,
-            )
+            held = {j.name: j.queue_name for j in work.jobs.get(key, []) if j.suspended and not j.finished}
+            mine, theirs = admitted.get(key, []), deferred.get(key, [])
+            sig = (_decision_inputs(task, theirs, telemetry, held), _variants_of(queue, key))
+            hit = cache.decided.get(key) if cache is not None and not mine else None
+            raw = work.bodies[key].get("status") or {}
+            if hit is not None and hit[0] is prog and hit[1] == sig:
+                decision, wire_new, wire_old = hit[2], hit[3], hit[4]
+                # The same raw status as last cycle compares the same way (deep dict comparisons of every
+                # task in play were a tenth of a busy cycle).
+                changed = hit[6] if hit[5] is raw else raw is not wire_new and wire_new != raw and wire_new != wire_old
+            else:
+                decision = decide_task(
+                    task,
+                    prog,
+                    mine,
+                    theirs,
+                    queue.ready,
+                    queue.demands,
+                    ecs,
+                    telemetry,
+                    work.now,
+                    kueue_queue=kueue_queue,
+                    suspended=held,
+                    choices=queue.choices,
+                )
+                wire_new, wire_old = wire(decision.status), wire(task.status)
+                changed = raw is not wire_new and wire_new != raw and wire_new != wire_old
+            if cache is not None and not mine:
+                cache.decided[key] = (prog, sig, decision, wire_new, wire_old, raw, changed)
             for cls_name in decision.pending_classes:
                 pending[cls_name] = pending.get(cls_name, 0) + 1
             ns = task.metadata.namespace or ""
             work.count(ns, decision.status.phase)
-            wire_new = wire(decision.status)
-            raw = work.bodies[key].get("status") or {}
-            changed = wire_new != raw and wire_new != wire(task.status)
             expire = _recorded_finished_jobs(work.jobs.get(key, []), decision.status.subtasks)
             work.outcomes.append(
                 TaskOutcome(
@@ -842,12 +901,36 @@ def decisions_phase(
             )
 
         isolated(work, key, step)
+    if cache is not None:
+        for gone in [k for k in cache.decided if k not in work.progresses]:
+            del cache.decided[gone]
     return pending, waits
 
 
 def _claims(task: AITask) -> tuple[dict[str, Any], ...]:
     claim = workspace.build_claim(task)
     return (claim,) if claim is not None else ()
+
+
+def _variants_of(queue: _Queue, key: str) -> tuple[tuple[str, str], ...]:
+    """The variants chosen this cycle for the task's ready sub-tasks: a change is a new decision."""
+    return tuple(sorted((k.subtask, c.name) for k, c in queue.choices.items() if queue.owner[k] == key))
+
+
+def _decision_inputs(
+    task: AITask, deferrals: Sequence[Deferral], telemetry: Telemetry, held: Mapping[str, str]
+) -> tuple[Any, ...]:
+    """What ``decide_task`` reads besides the progress, as far as it can change the decision.
+
+    Of a deferral only its class and the kind of its reason count: ``decisions._deferred`` keeps
+    the status while those hold, and the Planned condition quotes the sub-task's kept message.
+    """
+    ns = task.metadata.namespace or ""
+    usage = tuple(telemetry.usage.get((ns, task.metadata.name, s.name)) for s in task.spec.subtasks)
+    kinds = tuple(
+        (d.key.subtask, d.reason, d.best.class_name if d.best else "", d.message.split(":", 1)[0]) for d in deferrals
+    )
+    return (kinds, usage, telemetry.state, telemetry.message, tuple(sorted(held.items())))
 
 
 def _recorded_finished_jobs(jobs: Sequence[JobView], subtasks: Sequence[Any]) -> tuple[str, ...]:
@@ -909,7 +992,7 @@ def run_cycle(view: ClusterView, params: CycleParams, now: datetime, cache: Cycl
     """Decide everything one cycle does; see the module docstring for the phases."""
     cache = cache if cache is not None else CycleCache()
     warnings: list[str] = []
-    ecs = _parse_classes(view.classes, warnings)
+    ecs = _parse_classes(view.classes, warnings, cache)
     infos: dict[str, ClassInfo] = {name: snapshot.class_info(ec) for name, ec in ecs.items()}
     work = _Work(now=now)
     parse_phase(view, work, cache)
@@ -923,17 +1006,21 @@ def run_cycle(view: ClusterView, params: CycleParams, now: datetime, cache: Cycl
         [(rec.namespace, s) for rec in view.finished for s in rec.spends],
         infos,
         now,
+        cache.spends,
     )
     warnings.extend(limited.warnings)
     work.wakeups.extend(limited.wakeups)
     snap, queue = snapshot_phase(view, work, infos, learning, params)
     snap = replace(snap, limits=limited.limits)
     sched_params = SchedulerParams(
-        policy=params.policy, ageing_seconds=params.ageing_seconds, low_gpu_util_percent=params.low_gpu_util_percent
+        policy=params.policy,
+        ageing_seconds=params.ageing_seconds,
+        low_gpu_util_percent=params.low_gpu_util_percent,
+        external_queue=params.kueue_default_queue is not None,
     )
     snap = variants_phase(snap, queue, work, sched_params)
     result = schedule_phase(snap, queue, work, sched_params)
-    pending, waits = decisions_phase(view, work, result, queue, ecs)
+    pending, waits = decisions_phase(view, work, result, queue, ecs, params.kueue_default_queue, cache)
     class_status = class_status_phase(ecs, snap.nodes, learning, now)
     stats = CycleStats(
         tasks_by_phase=work.phases,

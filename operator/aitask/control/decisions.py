@@ -35,7 +35,7 @@ from aitask.core import conditions as cond
 from aitask.core import progress, variants
 from aitask.core.progress import EventSpec, Ready, TaskProgress
 from aitask.core.quantity import format_cpu, format_memory
-from aitask.core.reasons import ConditionType, Reason
+from aitask.core.reasons import ConditionType, Reason, kueue_waiting_message
 from aitask.core.scheduling import admit, limits
 from aitask.core.types import Admission, Deferral, Demand, Option, SubtaskKey
 from aitask.core.usage import combine
@@ -215,6 +215,10 @@ _DEFERRAL_REASONS: Mapping[str, Reason] = {
 _SEVERITY = {name: i for i, name in enumerate(_DEFERRAL_REASONS)}
 
 
+def _message_of(ordered: Sequence[SubtaskStatus], name: str, default: str) -> str:
+    return next((s.message for s in ordered if s.name == name), default)
+
+
 def _planned_condition(
     conds: Sequence[Any],
     deferrals: Sequence[Deferral],
@@ -230,7 +234,9 @@ def _planned_condition(
             type_=ConditionType.PLANNED,
             status=False,
             reason=reason,
-            message=f"{worst.key.subtask}: {worst.message}",
+            # The sub-task's message, which ``_deferred`` keeps while its decision holds: the deferral's
+            # own carries W, which moves every cycle and would rewrite every waiting task's status.
+            message=f"{worst.key.subtask}: {_message_of(ordered, worst.key.subtask, worst.message)}",
             now=now,
             generation=gen,
         )
@@ -250,6 +256,43 @@ def _planned_condition(
     return list(conds)
 
 
+def _kueue_condition(
+    conds: Sequence[Any], ordered: Sequence[SubtaskStatus], suspended: Mapping[str, str], now: datetime, gen: int | None
+) -> list[Any]:
+    """KueueAdmitted: False while a running sub-task's Job waits suspended in its Kueue queue, True after.
+
+    Set only on tasks that went through Kueue (a suspended Job was seen once): outside Kueue mode the
+    condition never appears.
+    """
+    waiting = [
+        (s.name, suspended[s.job]) for s in ordered if s.phase == SubtaskPhase.RUNNING and s.job and s.job in suspended
+    ]
+    if waiting:
+        queues = sorted({q for _, q in waiting})
+        out, _ = cond.set_condition(
+            conds,
+            type_=ConditionType.KUEUE_ADMITTED,
+            status=False,
+            reason=Reason.WAITING_FOR_KUEUE_ADMISSION,
+            message=f"{', '.join(n for n, _ in waiting)}: {kueue_waiting_message(', '.join(queues))}",
+            now=now,
+            generation=gen,
+        )
+        return out
+    if cond.get_condition(conds, ConditionType.KUEUE_ADMITTED) is not None:
+        out, _ = cond.set_condition(
+            conds,
+            type_=ConditionType.KUEUE_ADMITTED,
+            status=True,
+            reason=Reason.ADMITTED_BY_KUEUE,
+            message="no sub-task waits for Kueue admission",
+            now=now,
+            generation=gen,
+        )
+        return out
+    return list(conds)
+
+
 def decide_task(
     task: AITask,
     prog: TaskProgress,
@@ -260,13 +303,17 @@ def decide_task(
     ecs: Mapping[str, ExecutorClass],
     telemetry: Telemetry,
     now: datetime,
+    *,
+    kueue_queue: str | None = None,
+    suspended: Mapping[str, str] | None = None,
     choices: Mapping[SubtaskKey, VariantChoice] | None = None,
 ) -> TaskDecision:
     """The task's next status after this cycle's admissions and deferrals, and its new Jobs.
 
+    ``kueue_queue`` (Kueue mode): the LocalQueue of a task without ``spec.queueName``; its Jobs are
+    created suspended in that queue. ``suspended``: the task's suspended Jobs, name -> queue.
     ``choices``: the variant chosen for each demand of a sub-task with variants (core.variants).
     """
-    choices = choices or {}
     status = prog.status
     subs = {s.name: s for s in status.subtasks}
     creates: list[dict[str, Any]] = []
@@ -275,8 +322,9 @@ def decide_task(
     for adm in admissions:
         sub = ready[adm.key].subtask
         ec = ecs[adm.class_name]
-        choice = choices.get(adm.key)
-        manifest = build_job(task, sub, adm, ec.spec)
+        queue = (task.spec.queue_name or kueue_queue) if kueue_queue is not None else None
+        choice = (choices or {}).get(adm.key)
+        manifest = build_job(task, sub, adm, ec.spec, queue_name=queue)
         manifest = workspace.with_contract(manifest, task, sub, choice.variant if choice else None, subs)
         creates.append(manifest)
         plan = make_plan(
@@ -289,8 +337,7 @@ def decide_task(
             nodes=adm.nodes,
             message=adm.message,
         )
-        if choice is not None:
-            plan = variants.with_variant(plan, choice)
+        plan = variants.with_variant(plan, choice)
         prev = subs[sub.name]
         if prev.history and prev.history[-1].result.is_failure:
             retries.append(Retry(class_name=adm.class_name, after=prev.history[-1].result))
@@ -301,7 +348,7 @@ def decide_task(
     pending: list[str] = []
     for dfr in deferrals:
         st = _deferred(subs[dfr.key.subtask], dfr, demands[dfr.key], ecs)
-        subs[dfr.key.subtask] = _with_choice(st, choices.get(dfr.key))
+        subs[dfr.key.subtask] = _with_choice(st, (choices or {}).get(dfr.key))
         pending.append(dfr.best.class_name if dfr.best else "none")
     ordered = [_with_usage(subs[s.name], telemetry, task) for s in task.spec.subtasks]
     gen = task.metadata.generation
@@ -322,6 +369,7 @@ def decide_task(
         events.append(EventSpec("Warning", Reason.BUDGET_EXCEEDED, f"task failed: {message}"))
         status = status.model_copy(update={"completion_time": now})
     phase, conds = progress.settle(phase, conds, ordered, now, gen)
+    conds = _kueue_condition(conds, ordered, suspended or {}, now, gen)
     running = any(s.phase == SubtaskPhase.RUNNING for s in ordered)
     conds = _telemetry_condition(conds, telemetry, now, gen, active=running)
     est = [s.plan.estimated_cost for s in ordered if s.plan]

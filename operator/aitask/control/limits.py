@@ -158,8 +158,13 @@ def limits_phase(
     finished_spends: Iterable[tuple[str, Spend]],
     infos: Mapping[str, ClassInfo],
     now: datetime,
+    spend_cache: dict[str, tuple[TaskProgress, tuple[Spend, ...]]] | None = None,
 ) -> LimitsResult:
-    """Every limit that applies to this cycle's admissions, and the namespace budgets' figures."""
+    """Every limit that applies to this cycle's admissions, and the namespace budgets' figures.
+
+    ``spend_cache`` (owned by the caller, e.g. ``CycleCache.spends``) keeps each task's spends
+    while its derived progress is unchanged, so a budgeted namespace costs no re-reading of
+    every running task per cycle."""
     result = LimitsResult()
     plays = list(plays)
     limits: list[Limit] = []
@@ -178,13 +183,29 @@ def limits_phase(
                     slot[key] = slot.get(key, 0.0) + amount
         limits.extend(_quota_limits(quotas, uncounted, result.warnings))
     for play in plays:
-        own = budgets.task_budget(play.task.model_copy(update={"status": play.progress.status}))
-        if own is not None:
-            limits.append(own)
+        if play.task.spec.budget is not None:
+            own = budgets.task_budget(play.task.model_copy(update={"status": play.progress.status}))
+            if own is not None:
+                limits.append(own)
     if budget_bodies:
-        limits.extend(_namespace_budgets(plays, budget_bodies, finished_spends, infos, now, result))
+        kept = spend_cache if spend_cache is not None else {}
+        in_play = {play.task.key for play in plays}
+        for gone in [k for k in kept if k not in in_play]:
+            del kept[gone]
+        limits.extend(_namespace_budgets(plays, budget_bodies, finished_spends, infos, now, result, kept))
     result.limits = tuple(limits)
     return result
+
+
+def _spends(play: InPlay, cache: dict[str, tuple[TaskProgress, tuple[Spend, ...]]]) -> tuple[Spend, ...]:
+    """A task's attempts as budgets see them, kept while its derived progress is the same object."""
+    key = play.task.key
+    hit = cache.get(key)
+    if hit is not None and hit[0] is play.progress:
+        return hit[1]
+    found = budgets.spends(play.body.get("spec") or {}, wire(play.progress.status))
+    cache[key] = (play.progress, found)
+    return found
 
 
 def _namespace_budgets(
@@ -194,6 +215,7 @@ def _namespace_budgets(
     infos: Mapping[str, ClassInfo],
     now: datetime,
     result: LimitsResult,
+    cache: dict[str, tuple[TaskProgress, tuple[Spend, ...]]],
 ) -> list[Limit]:
     parsed: list[AITaskBudget] = []
     for body in bodies:
@@ -210,8 +232,7 @@ def _namespace_budgets(
     for play in plays:
         ns = play.task.metadata.namespace or "default"
         if ns in wanted:
-            status = wire(play.progress.status)
-            spent.setdefault(ns, []).extend(budgets.spends(play.body.get("spec") or {}, status, now))
+            spent.setdefault(ns, []).extend(_spends(play, cache))
     gpu = frozenset(name for name, info in infos.items() if info.kind == "gpu")
     out = []
     for budget in parsed:

@@ -12,7 +12,7 @@ its attempts' actual costs plus the estimated cost of the running ones. Both bec
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -42,7 +42,14 @@ class Spend:
     end: datetime | None  # None while it runs
     cost_per_second: float
     accelerators: float  # on a GPU class: accelerators per pod x pods (0 on a CPU class is decided by the caller)
-    committed: float = 0.0  # a running attempt's estimated cost not accrued yet
+    estimated_cost: float = 0.0  # a running attempt's plan: what it is expected to cost in all
+
+    def committed(self, now: datetime) -> float:
+        """What a running attempt is still expected to cost (its plan's estimate not accrued yet)."""
+        if self.end is not None:
+            return 0.0
+        accrued = self.cost_per_second * max(0.0, (now - self.start).total_seconds())
+        return max(0.0, self.estimated_cost - accrued)
 
 
 def window(period: BudgetPeriod, now: datetime) -> tuple[datetime, datetime]:
@@ -62,11 +69,11 @@ def window(period: BudgetPeriod, now: datetime) -> tuple[datetime, datetime]:
     return start, nxt
 
 
-def spends(spec: Mapping[str, Any], status: Mapping[str, Any], now: datetime) -> tuple[Spend, ...]:
+def spends(spec: Mapping[str, Any], status: Mapping[str, Any]) -> tuple[Spend, ...]:
     """The attempts of one AITask, from its wire spec and status (cheap: no model parsing).
 
     An ended attempt runs at ``actualCost / actualSeconds``; a running one at its plan's rate,
-    and what its plan's estimate has not accrued yet is committed.
+    and what its plan's estimate has not accrued yet is committed (``Spend.committed``).
     """
     subs = {s.get("name"): s for s in spec.get("subtasks") or () if isinstance(s, Mapping)}
     out: list[Spend] = []
@@ -85,8 +92,7 @@ def spends(spec: Mapping[str, Any], status: Mapping[str, Any], now: datetime) ->
                 seconds = float(plan.get("estimatedSeconds") or 0.0)
                 est = float(plan.get("estimatedCost") or 0.0)
                 rate = est / seconds if seconds > 0 else 0.0
-                accrued = rate * max(0.0, (now - start).total_seconds())
-                out.append(Spend(cls, start, None, rate, accelerators, committed=max(0.0, est - accrued)))
+                out.append(Spend(cls, start, None, rate, accelerators, estimated_cost=est))
                 continue
             end = parse_time(attempt.get("finishTime")) or start
             seconds = float(attempt.get("actualSeconds") or 0.0)
@@ -120,11 +126,12 @@ def namespace_budget(
     hours_committed: dict[str, float] = {}
     for s in spent:
         seconds = _overlap(s, start, end, now)
+        left = s.committed(now)
         cost += s.cost_per_second * seconds
-        committed += s.committed
+        committed += left
         if s.class_name in gpu_classes:
             used_h = s.accelerators * seconds / 3600.0
-            left_h = s.accelerators * (s.committed / s.cost_per_second) / 3600.0 if s.cost_per_second > 0 else 0.0
+            left_h = s.accelerators * (left / s.cost_per_second) / 3600.0 if s.cost_per_second > 0 else 0.0
             for key in (s.class_name, ANY_CLASS):
                 hours[key] = hours.get(key, 0.0) + used_h
                 hours_committed[key] = hours_committed.get(key, 0.0) + left_h
@@ -182,16 +189,3 @@ def task_budget(task: AITask) -> Limit | None:
                 spent += attempt.actual_cost or 0.0
     ns = task.metadata.namespace or "default"
     return Limit(TASK_BUDGET, task.key, ns, {"cost": budget.max_cost}, {"cost": spent}, task=task.key)
-
-
-def task_spent(task: AITask) -> float:
-    """What a task has spent so far (ended attempts) plus what its running attempts are planned to cost."""
-    limit = task_budget(task)
-    return limit.used["cost"] if limit is not None else 0.0
-
-
-def by_namespace(items: Sequence[tuple[str, Spend]]) -> dict[str, list[Spend]]:
-    out: dict[str, list[Spend]] = {}
-    for ns, s in items:
-        out.setdefault(ns, []).append(s)
-    return out

@@ -274,12 +274,20 @@ def build_timeline(
     running: Iterable[Running],
     capacity: ClassCapacity,
 ) -> Timeline:
-    """Free units now, plus each running demand's units released when it is estimated to end."""
+    """Free units now, plus each running demand's units released when it is estimated to end.
+
+    Work queued outside the operator (``Running.queued``: a Job Kueue holds) holds no units now; it
+    is reserved on the timeline after the rest, as a demand that chose to wait for the class would be.
+    """
     free = sum(node_units(n, cls, free=True) for n in nodes if n.schedulable and cls.name in n.classes)
     releases: list[tuple[float, float]] = []
+    queued: list[Running] = []
     busy_known = 0.0
     for item in running:
         if item.class_name != cls.name:
+            continue
+        if item.queued:
+            queued.append(item)
             continue
         units = running_units(item, cls)
         busy_known += units
@@ -287,7 +295,10 @@ def build_timeline(
     unknown = capacity.units - free - busy_known
     if unknown > _EPS:
         releases.append((UNKNOWN_BUSY_SECONDS, unknown))
-    return Timeline(free, releases)
+    timeline = Timeline(free, releases)
+    for item in queued:
+        timeline.reserve(running_units(item, cls), max(0.0, item.remaining_seconds))
+    return timeline
 
 
 def unknown_busy_units(
@@ -295,7 +306,7 @@ def unknown_busy_units(
 ) -> float:
     """Units held by work the operator did not admit (other workloads' pods): of unknown length."""
     free = sum(node_units(n, cls, free=True) for n in nodes if n.schedulable and cls.name in n.classes)
-    known = sum(running_units(item, cls) for item in running if item.class_name == cls.name)
+    known = sum(running_units(item, cls) for item in running if item.class_name == cls.name and not item.queued)
     return max(0.0, capacity.units - free - known)
 
 

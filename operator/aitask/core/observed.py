@@ -27,6 +27,8 @@ ANNOTATION_CLASS = "aitask.dev/class-name"
 MAX_LABEL_VALUE = 63
 ANNOTATION_ESTIMATED_SECONDS = "aitask.dev/estimated-seconds"
 ANNOTATION_PLANNED_NODES = "aitask.dev/planned-nodes"
+# Kueue interop: the LocalQueue a child Job is submitted to (Kueue's own label).
+LABEL_KUEUE_QUEUE = "kueue.x-k8s.io/queue-name"
 
 
 def label_value(name: str) -> str:
@@ -76,7 +78,9 @@ class JobView:
     parallelism: int = 1
     completions: int = 1
     created: datetime | None = None  # metadata.creationTimestamp: a Job with no pod long after it is stuck
-    suspended: bool = False  # spec.suspend: held by Kueue (or a user), so having no pod is expected
+    # spec.suspend: held by Kueue (or a user), so having no pod is expected: never a stuck attempt.
+    suspended: bool = False
+    queue_name: str = ""  # its kueue.x-k8s.io/queue-name label, "" outside Kueue mode
     variant: str = ""  # label aitask.dev/variant: what an adopted attempt runs
 
     @property
@@ -150,6 +154,7 @@ def job_view(body: Mapping[str, Any]) -> JobView | None:
         completions=int((body.get("spec") or {}).get("completions") or 1),
         created=parse_time(meta.get("creationTimestamp")),
         suspended=bool((body.get("spec") or {}).get("suspend")),
+        queue_name=labels.get(LABEL_KUEUE_QUEUE, ""),
         **_pod_shape(body, annotations),
     )
 

@@ -17,7 +17,18 @@ from aitask.api import v1alpha1 as api
 from aitask.core import dag, variants
 from aitask.core.scheduler import schedule
 from aitask.core.snapshot import demand_for
-from aitask.core.types import ClassInfo, Demand, Learned, NodeInfo, Option, Running, SchedulerParams, Snapshot
+from aitask.core.types import (
+    TASK_BUDGET,
+    ClassInfo,
+    Demand,
+    Learned,
+    Limit,
+    NodeInfo,
+    Option,
+    Running,
+    SchedulerParams,
+    Snapshot,
+)
 
 
 @dataclass(frozen=True)
@@ -52,10 +63,24 @@ class TaskPlan:
     feasible: bool  # every sub-task has a feasible class
 
 
-def _variant_fields(choice: variants.VariantChoice | None) -> dict[str, Any]:
+def _variant_fields(choice: variants.VariantChoice | None, chosen: Option | None) -> dict[str, Any]:
+    """The chosen option (its F with the quality term, as the pairs have it) and the variant's fields."""
     if choice is None:
-        return {}
-    return {"variant": choice.name, "quality": choice.variant.quality, "pairs": choice.pairs}
+        return {"chosen": chosen}
+    return {
+        "chosen": variants.with_quality_term(chosen, choice),
+        "variant": choice.name,
+        "quality": choice.variant.quality,
+        "pairs": choice.pairs,
+    }
+
+
+def _own_budget(task: api.AITask, spent: float) -> tuple[Limit, ...]:
+    budget = task.spec.budget
+    if budget is None:
+        return ()
+    ns = task.metadata.namespace or "default"
+    return (Limit(TASK_BUDGET, task.key, ns, {"cost": budget.max_cost}, {"cost": spent}, task=task.key),)
 
 
 def plan_task(
@@ -69,20 +94,24 @@ def plan_task(
     params: SchedulerParams | None = None,
     default_time_weight: float = 1.0,
     default_cost_weight: float = 0.0,
+    limits: Iterable[Limit] = (),
 ) -> TaskPlan:
     """Preview the placements of a task before it is submitted, with the alternatives.
 
     Runs the very scheduler the operator runs, one sub-task at a time, so the preview
-    cannot drift from what the operator would decide on the same cluster state.
+    cannot drift from what the operator would decide on the same cluster state. ``limits``
+    are the cluster's (quotas, namespace budgets); the task's own ``spec.budget`` is added,
+    spent by the sub-tasks planned before each one.
     """
+    cluster_limits = tuple(limits)
+    spent = 0.0
     params = params or SchedulerParams()
     task = variants.expand_task(task)
     deps = {s.name: list(s.depends_on) for s in task.spec.subtasks}
     order = dag.topological_order(deps)
     node_tuple = tuple(nodes)
     running_tuple = tuple(running)
-    has_variants = any(s.variants for s in task.spec.subtasks)
-    chooser = variants.Chooser(classes, node_tuple, running_tuple, learned or {}, params) if has_variants else None
+    choose = variants.lazy_choice(classes, node_tuple, running_tuple, learned or {}, params)
     plans: dict[str, SubtaskPlan] = {}
     runtimes: dict[str, float] = {}
     for name in order:
@@ -97,9 +126,7 @@ def plan_task(
             default_time_weight=default_time_weight,
             default_cost_weight=default_cost_weight,
         )
-        choice = chooser.choose(task, sub, demand) if chooser is not None and sub.variants else None
-        if choice is not None:
-            demand, sub = choice.demand, choice.subtask
+        demand, sub, choice = choose(task, sub, demand)
         result = schedule(
             Snapshot(
                 now=now,
@@ -108,6 +135,7 @@ def plan_task(
                 demands=(demand,),
                 running=running_tuple,
                 learned=learned or {},
+                limits=cluster_limits + _own_budget(task, spent),
             ),
             params,
         )
@@ -121,7 +149,7 @@ def plan_task(
             chosen = deferral.best
             alternatives = deferral.alternatives
             admissible, placed, message = False, (), deferral.message
-        chosen = variants.with_quality_term(chosen, choice)
+        spent += (chosen.cost or 0.0) if chosen is not None else 0.0
         runtime = (chosen.runtime_seconds or 0.0) if chosen is not None else 0.0
         wait = (chosen.wait_seconds or 0.0) if chosen is not None else 0.0
         start = max((plans[d].finish_seconds for d in sub.depends_on), default=wait)
@@ -132,7 +160,6 @@ def plan_task(
             profile=sub.effective_profile,
             depends_on=tuple(sub.depends_on),
             demand=demand,
-            chosen=chosen,
             alternatives=alternatives,
             admissible_now=admissible,
             nodes=placed,
@@ -142,7 +169,7 @@ def plan_task(
             ),
             start_seconds=start,
             finish_seconds=start + runtime,
-            **_variant_fields(choice),
+            **_variant_fields(choice, chosen),
         )
     length, path = dag.critical_path(deps, runtimes)
     ordered = tuple(plans[n] for n in order)

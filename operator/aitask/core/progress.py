@@ -33,7 +33,7 @@ from aitask.core import conditions as cond
 from aitask.core import variants
 from aitask.core.dag import critical_path
 from aitask.core.observed import JobView, PodView
-from aitask.core.reasons import ConditionType, Reason
+from aitask.core.reasons import ConditionType, Reason, kueue_waiting_message
 from aitask.core.types import ClassInfo
 
 # A Job created by the last cycle may not be in the watch cache yet; until this
@@ -341,7 +341,9 @@ def derive(
                         delete.append(current.name)  # its pods stop holding nodes and quota
                         backoff = (backoff_seconds, backoff_max_seconds)
                         st = _after_failure(sub, st, attempt, classes, now, backoff, events)
-                    elif nodes and nodes != st.nodes:  # where it runs: news once its pods are bound
+                    else:
+                        st = _kueue_admission(st, current)
+                    if stuck is None and nodes and nodes != st.nodes:  # where it runs: news once its pods are bound
                         st = _upd(
                             st,
                             nodes=nodes,
@@ -402,6 +404,24 @@ def derive(
         observations=tuple(observations),
         finished=tuple(finished),
     )
+
+
+def _kueue_admission(st: SubtaskStatus, job: JobView) -> SubtaskStatus:
+    """Kueue mode: while Kueue holds the attempt's Job suspended, the sub-task says it waits for admission.
+
+    Once Kueue unsuspends the Job the message says so until its pods are bound (then "running on").
+    A Job without Kueue's queue label is left alone.
+    """
+    if not job.queue_name:
+        return st
+    waiting = kueue_waiting_message(job.queue_name)
+    if job.suspended:
+        message = waiting
+    elif st.message == waiting:
+        message = f"admitted by Kueue (queue {job.queue_name}); starting on {job.class_name}"
+    else:
+        return st
+    return st if st.message == message else _upd(st, message=message)
 
 
 def settle(

@@ -18,6 +18,7 @@ class ConditionType(StrEnum):
     SPEC_CHANGE_IGNORED = "SpecChangeIgnored"
     INTERNAL_ERROR = "InternalError"  # the operator failed processing this task; the others go on
     ATTEMPT_STUCK = "AttemptStuck"  # a sub-task's last attempt ended Stuck and no later one runs yet
+    KUEUE_ADMITTED = "KueueAdmitted"  # Kueue mode: no running sub-task's Job waits in its Kueue queue
 
 
 class Reason(StrEnum):
@@ -50,3 +51,10 @@ class Reason(StrEnum):
     WAITING_FOR_QUOTA = "WaitingForQuota"
     WAITING_FOR_BUDGET = "WaitingForBudget"
     BUDGET_EXCEEDED = "BudgetExceeded"
+    WAITING_FOR_KUEUE_ADMISSION = "WaitingForKueueAdmission"  # a child Job is suspended until Kueue admits it
+    ADMITTED_BY_KUEUE = "AdmittedByKueue"
+
+
+def kueue_waiting_message(queue: str) -> str:
+    """What a sub-task says while Kueue holds its Job suspended (status and the KueueAdmitted condition)."""
+    return f"waiting for Kueue admission (queue {queue})"

@@ -135,6 +135,11 @@ class _Cycle:
             return limited, None
         return limited, (limits.blocking_reason(reasons), "; ".join(o.reason for o in out[:3]))
 
+    def _book_limits(self, d: Demand, choice: Choice) -> None:
+        if self.snapshot.limits:
+            cls = self.snapshot.classes[choice.name]
+            self.limits.book(d, limits.charge(d, cls, choice.request, choice.runtime, choice.money))
+
     def _over_limit(self, d: Demand, choice: Choice) -> tuple[str, str] | None:
         if not self.snapshot.limits:
             return None
@@ -214,6 +219,15 @@ class _Cycle:
         choice = evaluation.feasible[best]
         wait = waits[best]
         options = admit.options(d, evaluation, waits, scores, self.params.max_alternatives, first=best)
+        if self.params.external_queue:
+            # Kueue holds the queue: hand the demand over now on its best class, book no node
+            # (quotas and budgets still hold it: Kueue does not know them).
+            broken = self._over_limit(d, choice)
+            if broken is not None:
+                return admit.limited(d, *broken, options)
+            self.timeline[choice.name].reserve(choice.units, choice.runtime)
+            self._book_limits(d, choice)
+            return admit.handover(d, choice, wait, options)
         if wait <= _EPS:
             broken = self._over_limit(d, choice)
             if broken is not None:  # an admission earlier in this cycle took what the limit had left
@@ -280,9 +294,7 @@ class _Cycle:
     def _admit(self, d: Demand, choice: Choice, placed: list[int], options: list[Option]) -> Admission:
         """Book the placed pods on the timelines and the limits, and return the admission."""
         self.timeline[choice.name].reserve(choice.units, choice.runtime)
-        if self.snapshot.limits:
-            cls = self.snapshot.classes[choice.name]
-            self.limits.book(d, limits.charge(d, cls, choice.request, choice.runtime, choice.money))
+        self._book_limits(d, choice)
         for other, units in self.books.shared_units(choice.name, choice.request, placed).items():
             self.timeline[other].reserve(units, choice.runtime)
         return admit.admission(d, choice, [self.books.names[i] for i in placed], options)

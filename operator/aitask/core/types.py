@@ -131,6 +131,9 @@ class Running:
     remaining_seconds: float  # estimated; >= 0
     accelerators: int  # total over its pods (0 on CPU classes)
     cpu: float  # total cores over its pods
+    # Waiting in an external queue (a Job Kueue holds suspended): it holds no units yet and takes
+    # them, for all of remaining_seconds, when they are free (the timeline reserves it).
+    queued: bool = False
 
 
 QUOTA = "ResourceQuota"
@@ -187,6 +190,11 @@ class SchedulerParams:
     # fifo/agnostic: take demands by arrival, or weighted shortest first (Smith order on the best
     # class, with ageing) as the cost policy does; "smith" is for the benchmarks' ordered baselines.
     baseline_order: str = "arrival"  # "arrival" | "smith"
+    # Kueue interop (the operator only; plan and simulate leave it off): an external queue (Kueue) admits
+    # the Jobs, so a ready demand is handed over on its best class by F (W from the class timeline) at
+    # once, without waiting for free nodes, and books no node capacity (its Job is created suspended
+    # and holds no pods until Kueue admits it). The timeline still counts it, so W stays honest.
+    external_queue: bool = False
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ A sub-task may list ``variants``: alternative models for the same step, each wit
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from aitask.api import v1alpha1 as api
@@ -256,6 +256,33 @@ def with_quality_term(option: Option | None, choice: VariantChoice | None) -> Op
     return replace(option, score=option.score + choice.quality_weight * (1.0 - choice.variant.quality))
 
 
+Choice = tuple[Demand, api.Subtask, VariantChoice | None]
+
+
+def lazy_choice(
+    classes: Mapping[str, ClassInfo],
+    nodes: Sequence[NodeInfo],
+    running: Iterable[Running],
+    learned: Mapping[tuple[str, str], Learned],
+    params: SchedulerParams,
+) -> Callable[[api.AITask, api.Subtask, Demand], Choice]:
+    """``(task, sub, demand) -> (demand, sub, choice)``: the chosen variant's, or the same when it has none.
+
+    The ``Chooser`` (its timelines and evaluator) is built on first use only.
+    """
+    made: list[Chooser] = []
+
+    def choose(task: api.AITask, sub: api.Subtask, demand: Demand) -> Choice:
+        if not sub.variants:
+            return demand, sub, None
+        if not made:
+            made.append(Chooser(classes, nodes, running, learned, params))
+        choice = made[0].choose(task, sub, demand)
+        return choice.demand, choice.subtask, choice
+
+    return choose
+
+
 def alternative(pair: Pair) -> api.Alternative:
     o = pair.option
 
@@ -274,12 +301,15 @@ def alternative(pair: Pair) -> api.Alternative:
     )
 
 
-def with_variant(plan: api.Plan, choice: VariantChoice) -> api.Plan:
-    """The plan with its variant, and the best pairs of the other variants (or why they are out) added.
+def with_variant(plan: api.Plan, choice: VariantChoice | None) -> api.Plan:
+    """The plan with its variant, and the best pairs of the other variants (or why they are out) added
+    (the plan itself for a sub-task without variants).
 
     The scheduler's alternatives are the chosen variant's classes; their F gains the same quality
     term as the other variants' pairs, so all figures compare.
     """
+    if choice is None:
+        return plan
     gamma_term = choice.quality_weight * (1.0 - choice.variant.quality)
     own = [
         a.model_copy(

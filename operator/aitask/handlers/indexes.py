@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping
-from datetime import UTC, datetime
 from typing import Any
 
 from aitask.control.cycle import FinishedTask, is_finished
@@ -41,7 +40,7 @@ def aitask_entry(body: Mapping[str, Any]) -> FinishedTask | dict[str, Any]:
             uid=meta.get("uid", ""),
             phase=status["phase"],
             finalizers=tuple(meta.get("finalizers") or ()),
-            spends=spends(body.get("spec") or {}, status, datetime.now(UTC)),
+            spends=spends(body.get("spec") or {}, status),
         )
     return {
         "apiVersion": body.get("apiVersion"),

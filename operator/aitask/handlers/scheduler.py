@@ -264,6 +264,7 @@ class Engine:
             backoff_seconds=s.retry_backoff_seconds,
             stuck_after_seconds=s.stuck_after_seconds,
             low_gpu_util_percent=s.gpu_util_low_percent,
+            kueue_default_queue=s.kueue_default_queue if s.kueue_enabled else None,
         )
 
     def _fresh_tasks(self, entries: Iterable[Any]) -> tuple[list[dict[str, Any]], list[FinishedTask], dict[str, int]]:

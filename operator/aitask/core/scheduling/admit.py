@@ -65,6 +65,29 @@ def admission(d: Demand, choice: Choice, nodes: Sequence[str], opts: Sequence[Op
     )
 
 
+def handover(d: Demand, choice: Choice, wait: float, opts: Sequence[Option]) -> Admission:
+    """A demand handed to an external queue (Kueue) on its best class: no planned nodes, nothing booked."""
+    accelerators, cpu, memory = choice.request
+    shape = f"{accelerators} accelerator(s), " if accelerators else ""
+    message = (
+        f"handed to Kueue on {choice.name} ({d.pods} pod(s) of {shape}{cpu:g} cpu, {memory / GIB:g}Gi): "
+        f"T {_secs(choice.runtime)} ({choice.source}), expected wait {_secs(wait)}, cost {choice.money:.2f}, "
+        f"F {_num(opts[0].score)}"
+    )
+    return Admission(
+        key=d.key,
+        attempt=d.attempt,
+        class_name=choice.name,
+        nodes=(),
+        accelerators=accelerators,
+        cpu=cpu,
+        memory=memory,
+        chosen=opts[0],
+        alternatives=tuple(opts[1:]),
+        message=message,
+    )
+
+
 def waiting(d: Demand, choice: Choice, wait: float, opts: Sequence[Option], *, planned: bool) -> Deferral:
     """A demand that waits for its busy class (the plan, or finishing sooner, says so)."""
     why = (

@@ -1,0 +1,49 @@
+"""The cycle's decision cache: a task whose inputs did not change is not decided again."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+from aitask.control import cycle as cycle_mod
+from aitask.control.cycle import ClusterView, CycleCache, CycleParams, run_cycle
+from tests.unit.test_cycle_and_build import CLASSES, NODES, NOW, body
+
+STEP = {"name": "train", "type": "training", "image": "r/train:1",
+        "executor": {"accelerators": 4, "classes": ["fast"]}, "estimate": {"seconds": 600, "onClass": "fast"}}
+
+
+def test_unchanged_tasks_reuse_last_cycles_decision(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[str] = []
+    real = cycle_mod.decide_task
+
+    def counting(task: Any, *args: Any, **kwargs: Any) -> Any:
+        calls.append(task.metadata.name)
+        return real(task, *args, **kwargs)
+
+    monkeypatch.setattr(cycle_mod, "decide_task", counting)
+    cache = CycleCache()
+    view = ClusterView(tasks=[body("a", [STEP]), body("b", [STEP])], jobs=[], pods=[], nodes=NODES, classes=CLASSES)
+    first = run_cycle(view, CycleParams(), NOW, cache)
+    assert sorted(calls) == ["a", "b"]
+    statuses = {t.name: t.status for t in first.tasks}
+    # The statuses are written (the engine overlays them): a and b are parsed and derived again.
+    written = ClusterView(tasks=[body(n, [STEP], status=statuses[n]) for n in ("a", "b")], jobs=[], pods=[],
+                          nodes=NODES, classes=CLASSES)
+    calls.clear()
+    second = run_cycle(written, CycleParams(), NOW + timedelta(seconds=5), cache)
+    assert sorted(calls) == ["a", "b"]  # new statuses: new progress, decided again
+    assert all(t.status is None for t in second.tasks)
+    calls.clear()
+    third = run_cycle(written, CycleParams(), NOW + timedelta(seconds=10), cache)
+    assert calls == []  # same progress, same kind of deferral for b, nothing for a: last decision again
+    assert all(t.status is None for t in third.tasks)
+    assert third.stats.tasks_by_phase == second.stats.tasks_by_phase
+    # Another input of the decision (here the telemetry state) decides both again.
+    calls.clear()
+    faster = ClusterView(tasks=written.tasks, jobs=[], pods=[], nodes=NODES, classes=CLASSES,
+                         telemetry="unavailable", telemetry_message="down")
+    run_cycle(faster, CycleParams(), NOW + timedelta(seconds=15), cache)
+    assert sorted(calls) == ["a", "b"]
