@@ -163,6 +163,21 @@ def test_a_job_found_without_its_status_write_is_adopted_with_its_variant() -> N
     assert "SpecChangeIgnored" not in {c["type"] for c in out.status["conditions"]}
 
 
+def test_a_task_whose_variant_choice_raises_is_isolated(monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(*_args: Any) -> Any:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(variants.Chooser, "choose", broken)
+    plain = {k: v for k, v in STEP.items() if k != "variants"} | {"estimate": {"seconds": 60, "onClass": "fast"}}
+    two = {**STEP, "name": "second", "variants": [{**SMALL, "name": "other"}]}
+    out = cycle([body("bad", [STEP, two]), body("good", [plain])])
+    by_name = {t.name: t for t in out.tasks}
+    assert [c["type"] for c in by_name["bad"].status["conditions"] if c["status"] == "True"] == ["InternalError"]
+    assert by_name["bad"].create_jobs == ()
+    assert [j["metadata"]["name"] for j in by_name["good"].create_jobs] == ["good-train-1"]
+    assert [e.task for e in out.stats.errors] == ["ns/bad"]  # isolated once, not once per sub-task
+
+
 def test_a_variant_profile_and_env_override() -> None:
     sub = api.Subtask.model_validate({**STEP, "env": [{"name": "A", "value": "1"}, {"name": "B", "value": "1"}]})
     large = api.Variant.model_validate({**LARGE, "profile": "big", "env": [{"name": "B", "value": "2"}]})

@@ -745,6 +745,8 @@ def variants_phase(snap: Snapshot, queue: _Queue, work: _Work, params: Scheduler
         if not r.subtask.variants:
             continue
         owner = queue.owner[key]
+        if owner not in work.tasks:  # isolated by a sub-task before this one
+            continue
         chooser = chooser or variants.Chooser(snap.classes, snap.nodes, snap.running, snap.learned, params)
 
         def step(key: SubtaskKey = key, r: Ready = r, owner: str = owner, chooser: variants.Chooser = chooser) -> None:
@@ -754,7 +756,7 @@ def variants_phase(snap: Snapshot, queue: _Queue, work: _Work, params: Scheduler
             queue.ready[key] = replace(r, subtask=choice.subtask)
 
         isolated(work, owner, step)
-    if not queue.choices:
+    if chooser is None:  # no sub-task with variants is ready
         return snap
     return replace(snap, demands=tuple(d for d in queue.demands.values() if queue.owner[d.key] in work.tasks))
 
