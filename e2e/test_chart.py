@@ -316,6 +316,7 @@ ALLOWED: list[Row] = [
     ("patch", "events", "NS", None), ("patch", "clusterkopfpeerings.kopf.dev", None, None),
     ("patch", "kopfpeerings.kopf.dev", "NS", None), ("watch", "customresourcedefinitions.apiextensions.k8s.io",
                                                      None, None), ("list", "namespaces", None, None),
+    ("create", "persistentvolumeclaims", "NS", None),
 ]
 DENIED: list[Row] = [
     ("get", "secrets", "NS", None), ("list", "secrets", None, None), ("watch", "secrets", "NS", None),
@@ -324,6 +325,7 @@ DENIED: list[Row] = [
     ("delete", "aitasks.aitask.dev", "NS", None), ("create", "executorclasses.aitask.dev", None, None),
     ("update", "jobs.batch", "NS", None), ("create", "customresourcedefinitions.apiextensions.k8s.io", None, None),
     ("create", "clusterroles.rbac.authorization.k8s.io", None, None), ("create", "serviceaccounts/token", "NS", None),
+    ("delete", "persistentvolumeclaims", "NS", None), ("get", "persistentvolumes", None, None),
 ]
 
 

@@ -14,7 +14,7 @@ import yaml
 from aitask import __version__
 
 # Sub-commands that live in their own modules, each with add_parser(subparsers) and run(args).
-_COMMAND_MODULES = ("aitask.commands.plan", "aitask.commands.simulate")
+_COMMAND_MODULES = ("aitask.commands.plan", "aitask.commands.simulate", "aitask.commands.local")
 
 
 def _cmd_crds(args: argparse.Namespace) -> int:

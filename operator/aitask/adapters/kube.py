@@ -154,6 +154,19 @@ async def create_job(manifest: Mapping[str, Any]) -> bool:
     return True
 
 
+async def create_claim(manifest: Mapping[str, Any]) -> bool:
+    """Create a PersistentVolumeClaim; False when it already existed (it is created before every new Job)."""
+    namespace = manifest["metadata"]["namespace"]
+    path = f"/api/v1/namespaces/{namespace}/persistentvolumeclaims"
+    try:
+        await _call("create", "persistentvolumeclaims", lambda: send("POST", path, dict(manifest)))
+    except ApiException as err:
+        if err.status == 409:
+            return False
+        raise
+    return True
+
+
 async def delete_job(namespace: str, name: str) -> None:
     """Delete a Job and (in the background) its pods; a Job already gone is fine."""
     body = {"apiVersion": "v1", "kind": "DeleteOptions", "propagationPolicy": "Background"}

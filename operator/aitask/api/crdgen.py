@@ -141,6 +141,8 @@ def _aitask_spec() -> SchemaDict:
             "reason": "FieldValueInvalid",
         },
     ]
+    item["x-kubernetes-validations"] += _variant_rules(item)
+    _workspace_rules(spec["properties"]["workspace"])
     executor = item["properties"]["executor"]
     executor["properties"]["kinds"]["x-kubernetes-list-type"] = "set"
     executor["properties"]["kinds"]["minItems"] = 1
@@ -163,6 +165,65 @@ def _aitask_spec() -> SchemaDict:
         },
     ]
     return spec
+
+
+def _variant_rules(item: SchemaDict) -> list[SchemaDict]:
+    """Variants are a map keyed by name; an ensemble names variants that exist; minQuality leaves one."""
+    variants = item["properties"]["variants"]
+    variants["x-kubernetes-list-type"] = "map"
+    variants["x-kubernetes-list-map-keys"] = ["name"]
+    ensemble = item["properties"]["ensemble"]
+    ensemble["properties"]["members"]["x-kubernetes-list-type"] = "set"
+    ensemble["properties"]["members"]["items"]["maxLength"] = api.MAX_VARIANT_NAME
+    ensemble["x-kubernetes-validations"] = [
+        {
+            "rule": "has(self.topK) != has(self.members)",
+            "message": "an ensemble needs exactly one of topK or members",
+            "reason": "FieldValueInvalid",
+        }
+    ]
+    return [
+        {
+            "rule": "!has(self.ensemble) || (has(self.variants) && size(self.variants) > 0)",
+            "message": "an ensemble needs variants",
+            "fieldPath": ".ensemble",
+            "reason": "FieldValueRequired",
+        },
+        {
+            "rule": "!has(self.ensemble) || !has(self.ensemble.members) || (has(self.variants)"
+            " && self.ensemble.members.all(m, self.variants.exists(v, v.name == m)))",
+            "message": "every ensemble.members entry must name one of the sub-task's variants",
+            "fieldPath": ".ensemble.members",
+            "reason": "FieldValueInvalid",
+        },
+        {
+            "rule": "!has(self.ensemble) || !has(self.ensemble.topK) || (has(self.variants)"
+            " && self.ensemble.topK <= size(self.variants))",
+            "message": "ensemble.topK cannot exceed the number of variants",
+            "fieldPath": ".ensemble.topK",
+            "reason": "FieldValueInvalid",
+        },
+        {
+            "rule": "!has(self.minQuality) || (has(self.variants)"
+            " && self.variants.exists(v, v.quality >= self.minQuality))",
+            "message": "no variant has a quality of at least minQuality",
+            "fieldPath": ".minQuality",
+            "reason": "FieldValueInvalid",
+        },
+    ]
+
+
+def _workspace_rules(workspace: SchemaDict) -> None:
+    workspace["x-kubernetes-validations"] = [
+        {
+            "rule": "(has(self.volumeClaimTemplate) ? 1 : 0) + (has(self.existingClaim) ? 1 : 0)"
+            " + (has(self.objectStore) ? 1 : 0) == 1",
+            "message": "a workspace needs exactly one of volumeClaimTemplate, existingClaim or objectStore",
+            "reason": "FieldValueRequired",
+        }
+    ]
+    modes = workspace["properties"]["volumeClaimTemplate"]["properties"]["accessModes"]
+    modes["x-kubernetes-list-type"] = "set"
 
 
 def _status_of(model: type[BaseModel]) -> SchemaDict:

@@ -35,6 +35,9 @@ MAX_PRICE = 1e6
 MAX_GIB = 1e6
 MIN_SPEED, MAX_SPEED = 1e-3, 1e3
 MAX_WORK_UNITS = 1e9
+MAX_VARIANTS = 16
+MAX_EXPANDED_SUBTASKS = 4 * MAX_SUBTASKS  # sub-tasks once every ensemble is one sub-task per member
+MAX_VARIANT_NAME = 22  # an ensemble member is the sub-task "<subtask>-<variant>": at most 63 characters
 
 
 Quantity = Annotated[str, Field(pattern=QUANTITY, max_length=64)]
@@ -270,6 +273,13 @@ class Objective(Model):
 
     time_weight: float | None = Field(None, ge=0, le=MAX_WEIGHT, description="alpha, per second of wait + runtime.")
     cost_weight: float | None = Field(None, ge=0, le=MAX_WEIGHT, description="beta, per currency unit of cost.")
+    quality_weight: float | None = Field(
+        None,
+        ge=0,
+        le=MAX_WEIGHT,
+        description="gamma: F of a variant gains gamma * (1 - quality), so a better model may cost more time or "
+        "money (e.g. 36000 with timeWeight 1: one point of quality is worth 360 s); unset: 0.",
+    )
 
 
 class EnvVar(Model):
@@ -366,6 +376,105 @@ class RetryPolicy(Model):
     )
 
 
+class Variant(Model):
+    """One model of the library that can do a sub-task's step: what differs from the sub-task, and its quality."""
+
+    name: str = Field(pattern=DNS_LABEL, max_length=MAX_VARIANT_NAME, description="Unique within the sub-task.")
+    quality: float = Field(
+        ge=0, le=1, description="How good its results are, 0..1 (e.g. accuracy on the team's validation set)."
+    )
+    image: str | None = Field(None, min_length=1, pattern=r"^\S+$", description="Image; default: the sub-task's.")
+    command: list[str] | None = Field(None, description="Entrypoint; default: the sub-task's.")
+    args: list[str] | None = Field(None, description="Arguments; default: the sub-task's.")
+    env: list[EnvVar] = Field(default_factory=list, description="Added to the sub-task's env (same name: replaced).")
+    profile: str | None = Field(
+        None,
+        max_length=253,
+        description="Profile key of its learned runtimes; default: '<the sub-task's profile>.<variant name>'.",
+    )
+    executor: Executor | None = Field(
+        None, description="Only the fields set here replace the sub-task's (e.g. accelerators, memory)."
+    )
+    estimate: Estimate | None = Field(None, description="Runtime hints; replaces the sub-task's when set.")
+    work: Work | None = Field(None, description="Size of the work; default: the sub-task's.")
+
+
+class Ensemble(Model):
+    """Run several variants side by side, each as its own sub-task and Job placed on its own best class."""
+
+    top_k: int | None = Field(
+        None, ge=1, le=MAX_VARIANTS, description="The k variants of highest quality (that meet minQuality)."
+    )
+    members: list[str] | None = Field(
+        None, min_length=1, max_length=MAX_VARIANTS, description="A named set of variants instead of topK."
+    )
+
+    @model_validator(mode="after")
+    def _one(self) -> Ensemble:
+        if (self.top_k is None) == (self.members is None):
+            raise ValueError("exactly one of topK or members")
+        return self
+
+
+AccessMode = Literal["ReadWriteOnce", "ReadOnlyMany", "ReadWriteMany", "ReadWriteOncePod"]
+
+
+def _shared() -> list[AccessMode]:
+    return ["ReadWriteMany"]
+
+
+class ClaimTemplate(Model):
+    """The PersistentVolumeClaim the operator creates for the task (one per AITask)."""
+
+    access_modes: list[AccessMode] = Field(
+        default_factory=_shared,
+        min_length=1,
+        description="Access modes; ReadWriteMany lets sub-tasks on different nodes share it.",
+    )
+    storage: Quantity = Field(description="Requested size, e.g. 10Gi.")
+    storage_class_name: str | None = Field(None, description="StorageClass; unset: the cluster's default.")
+
+
+class ObjectStore(Model):
+    """For clusters without shared volumes: sub-tasks read and write under a URI prefix themselves."""
+
+    uri_prefix: str = Field(
+        pattern=r"^[a-z][a-z0-9+.-]*://\S+$", max_length=1024, description="e.g. s3://bucket/teams/vision."
+    )
+
+
+class ReclaimPolicy(StrEnum):
+    DELETE = "Delete"
+    RETAIN = "Retain"
+
+
+class Workspace(Model):
+    """Where sub-tasks hand data to each other: a claim per task, an existing claim, or an object store."""
+
+    volume_claim_template: ClaimTemplate | None = Field(
+        None, description="The operator creates one claim per AITask, owned by it."
+    )
+    existing_claim: str | None = Field(
+        None,
+        pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$",
+        max_length=253,
+        description="A PersistentVolumeClaim of the namespace to use as it is (never deleted by the operator).",
+    )
+    object_store: ObjectStore | None = Field(None, description="No volume: locations are URIs under this prefix.")
+    mount_path: str = Field("/workspace", pattern=r"^/\S*$", max_length=253, description="Where the volume is mounted.")
+    reclaim_policy: ReclaimPolicy = Field(
+        ReclaimPolicy.DELETE,
+        description="Delete: the claim from volumeClaimTemplate goes with the AITask; Retain: it is kept.",
+    )
+
+    @model_validator(mode="after")
+    def _one(self) -> Workspace:
+        given = [self.volume_claim_template, self.existing_claim, self.object_store]
+        if sum(g is not None for g in given) != 1:
+            raise ValueError("exactly one of volumeClaimTemplate, existingClaim or objectStore")
+        return self
+
+
 class Subtask(Model):
     """One step of the pipeline: one child Job per attempt."""
 
@@ -400,6 +509,34 @@ class Subtask(Model):
         None, ge=1, le=MAX_SECONDS, description="activeDeadlineSeconds of each attempt (at most ten years)."
     )
     pod_metadata: PodMetadata = Field(default_factory=PodMetadata)
+    variants: list[Variant] = Field(
+        default_factory=list,
+        max_length=MAX_VARIANTS,
+        description="Alternative models for this step; the cost model picks the (variant, class) pair jointly.",
+    )
+    min_quality: float | None = Field(None, ge=0, le=1, description="Variants of lower quality are never chosen.")
+    ensemble: Ensemble | None = Field(
+        None,
+        description="Run several variants, each as the sub-task '<name>-<variant>'; dependents wait for all of them.",
+    )
+
+    @model_validator(mode="after")
+    def _variants(self) -> Subtask:
+        names = [v.name for v in self.variants]
+        if len(set(names)) != len(names):
+            raise ValueError("variants: duplicate variant name")
+        if self.min_quality is not None and not any(v.quality >= self.min_quality for v in self.variants):
+            raise ValueError(f"minQuality: no variant has quality >= {self.min_quality:g}")
+        ens = self.ensemble
+        if ens is not None:
+            if not self.variants:
+                raise ValueError("ensemble: needs variants")
+            unknown = [m for m in ens.members or [] if m not in names]
+            if unknown:
+                raise ValueError(f"ensemble.members: unknown variant {unknown[0]!r}")
+            if ens.top_k is not None and ens.top_k > len(names):
+                raise ValueError(f"ensemble.topK: {ens.top_k} > {len(names)} variants")
+        return self
 
     @property
     def effective_completions(self) -> int:
@@ -468,6 +605,9 @@ class AITaskSpec(Model):
     )
     subtasks: list[Subtask] = Field(min_length=1, max_length=MAX_SUBTASKS)
     budget: TaskBudget | None = Field(None, description="A cost ceiling for the whole task.")
+    workspace: Workspace | None = Field(
+        None, description="Shared storage for the sub-tasks' outputs, and the environment contract that names it."
+    )
     suspend: bool = Field(
         False,
         description="True stops the running attempts (their Jobs are deleted; the pods get the template's grace "
@@ -493,6 +633,19 @@ class AITaskSpec(Model):
                     raise ValueError(f"subtasks[{i}].dependsOn: {sub.name!r} depends on itself")
                 if dep not in seen:
                     raise ValueError(f"subtasks[{i}].dependsOn: unknown sub-task {dep!r}")
+        expanded = sum(
+            len(s.ensemble.members or []) or (s.ensemble.top_k or 1) if s.ensemble else 1 for s in self.subtasks
+        )
+        if expanded > MAX_EXPANDED_SUBTASKS:
+            raise ValueError(
+                f"subtasks: {expanded} sub-tasks with the ensemble members, at most {MAX_EXPANDED_SUBTASKS}"
+            )
+        for i, sub in enumerate(self.subtasks):
+            if sub.ensemble is None:
+                continue
+            for member in sub.ensemble.members or [v.name for v in sub.variants]:
+                if f"{sub.name}-{member}" in seen:
+                    raise ValueError(f"subtasks[{i}].ensemble: member {sub.name}-{member} is also a sub-task's name")
         return self
 
     def subtask(self, name: str) -> Subtask:
@@ -534,7 +687,8 @@ class SubtaskPhase(StrEnum):
 
 
 class Alternative(StatusModel):
-    class_name: str = Field(alias="class", description="ExecutorClass considered.")
+    variant: str = Field("", description="The variant of this pair ('' for a sub-task without variants).")
+    class_name: str = Field(alias="class", description="ExecutorClass considered ('*': every class).")
     feasible: bool = Field(description="Whether the sub-task could run there at all.")
     reason: str = Field("", description="Why not, when infeasible.")
     estimated_seconds: float | None = Field(None, description="T: estimated runtime there.")
@@ -547,6 +701,8 @@ class Plan(StatusModel):
     """Where the cost model put (or would put) the current attempt, and why."""
 
     class_name: str = Field(alias="class", description="Chosen ExecutorClass (empty when no class is feasible).")
+    variant: str = Field("", description="Chosen variant (model), when the sub-task lists variants.")
+    quality: float | None = Field(None, description="Quality of the chosen variant.")
     accelerators: int = Field(0, description="Accelerators per pod.")
     cpu: str = Field("", description="CPU request per pod.")
     memory: str = Field("", description="Memory request per pod.")
@@ -606,6 +762,7 @@ class Attempt(StatusModel):
     actual_seconds: float | None = Field(None, description="Runtime of its Job.")
     actual_cost: float | None = Field(None, description="Cost at the plan's rate for the actual runtime.")
     spec_hash: str = Field("", description="Fingerprint of the sub-task spec it ran with.")
+    variant: str = Field("", description="The variant (model) it ran, when the sub-task lists variants.")
     learned: bool = Field(False, description="Whether its runtime was folded into the class's learned estimates.")
 
 

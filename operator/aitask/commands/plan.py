@@ -10,7 +10,9 @@ JSON: one object per AITask (a list when the file holds several) with ``task``,
 ``estimated_completion_seconds``, ``total_cost`` and ``subtasks`` (``name``, ``type``,
 ``profile``, ``dependsOn``, ``class``, ``pods``, ``accelerators``, ``cpu``, ``memory``,
 ``estimated_seconds``, ``wait_seconds``, ``estimated_cost``, ``score``, ``estimate_source``,
-``admissible_now``, ``nodes``, ``message``, ``alternatives``).
+``admissible_now``, ``nodes``, ``message``, ``alternatives``, and for a sub-task with variants
+``variant``, ``quality`` and ``pairs``: every (variant, class) pair with the alternative's keys
+plus ``variant`` and ``quality``, F including the quality term, best first).
 """
 
 from __future__ import annotations
@@ -146,6 +148,12 @@ def plan_json(p: TaskPlan) -> dict[str, Any]:
                 "alternatives": [_option_json(o) for o in s.alternatives],
             }
         )
+        if s.pairs:
+            subtasks[-1]["variant"] = s.variant
+            subtasks[-1]["quality"] = s.quality
+            subtasks[-1]["pairs"] = [
+                {"variant": pr.variant, "quality": pr.quality, **_option_json(pr.option)} for pr in s.pairs
+            ]
     return {
         "task": p.task,
         "namespace": p.namespace,
@@ -171,12 +179,13 @@ def write_table(p: TaskPlan, out: TextIO) -> None:
         c = s.chosen
         accel = f"{s.accelerators} accelerator(s), " if s.accelerators else ""
         resources = f"{accel}{format_cpu(d.cpu)} cpu, {format_memory(d.memory)}"
+        name = f"{s.name} [{s.variant}]" if s.variant else s.name
         if c is None:
-            rows.append((s.name, "(none)", str(d.pods), resources, "-", "-", "-", "-", ""))
+            rows.append((name, "(none)", str(d.pods), resources, "-", "-", "-", "-", ""))
         else:
             rows.append(
                 (
-                    s.name,
+                    name,
                     c.class_name + ("" if s.admissible_now else " (waits)"),
                     str(d.pods),
                     resources,
@@ -187,12 +196,15 @@ def write_table(p: TaskPlan, out: TextIO) -> None:
                     c.estimate_source,
                 )
             )
-        for o in s.alternatives:
+        listed = [(f"{pr.variant}/{pr.option.class_name}", pr.option) for pr in s.pairs] or [
+            (o.class_name, o) for o in s.alternatives
+        ]
+        for label, o in listed:
             if o.feasible:
                 rows.append(
                     (
                         "",
-                        f"  {o.class_name}",
+                        f"  {label}",
                         "",
                         "",
                         _num(o.runtime_seconds),
@@ -203,7 +215,7 @@ def write_table(p: TaskPlan, out: TextIO) -> None:
                     )
                 )
             else:
-                rows.append(("", f"  {o.class_name}", "", "", "", "", "", "", f"infeasible: {o.reason}"))
+                rows.append(("", f"  {label}", "", "", "", "", "", "", f"infeasible: {o.reason}"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for row in rows:
         out.write("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip() + "\n")

@@ -3,7 +3,8 @@
 Trace-driven evaluation on the same pure scheduler the operator runs (``core.simulator``).
 The JSON document's keys are a stable interface (DESIGN.md section 6): ``policy``, ``tasks``,
 ``avg_completion_seconds``, ``weighted_avg_completion_seconds``, ``makespan_seconds``,
-``total_cost``, ``placements`` (``task``, ``subtask``, ``class``, ``node``, ``start``, ``end``).
+``total_cost``, ``placements`` (``task``, ``subtask``, ``class``, ``node``, ``start``, ``end``, and
+``variant`` for a sub-task with variants: the one the cost model chose, as in ``aitask plan``).
 """
 
 from __future__ import annotations
@@ -90,7 +91,17 @@ def write_table(result: SimResult, out: TextIO) -> None:
     out.write(f"total cost:                {result.total_cost:.2f}\n")
     out.write(f"scheduling cycles:         {result.cycles}\n\n")
     rows = [("TASK", "SUBTASK", "CLASS", "NODE", "START", "END")]
-    rows += [(p.task, p.subtask, p.class_name, p.node, f"{p.start:.1f}", f"{p.end:.1f}") for p in result.placements]
+    rows += [
+        (
+            p.task,
+            f"{p.subtask} [{p.variant}]" if p.variant else p.subtask,
+            p.class_name,
+            p.node,
+            f"{p.start:.1f}",
+            f"{p.end:.1f}",
+        )
+        for p in result.placements
+    ]
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for row in rows:
         out.write("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip() + "\n")

@@ -36,10 +36,11 @@ from aitask.api.v1alpha1 import (
     SubtaskPhase,
     TaskPhase,
 )
+from aitask.build import workspace
 from aitask.control.decisions import Retry, Telemetry, decide_task, wire
 from aitask.control.limits import InPlay, limits_phase
 from aitask.core import conditions as cond
-from aitask.core import estimator, progress, scheduler, snapshot
+from aitask.core import estimator, progress, scheduler, snapshot, variants
 from aitask.core.budgets import BudgetUse, Spend
 from aitask.core.dag import find_cycle
 from aitask.core.observed import JobView, PodView, QuotaView
@@ -153,6 +154,7 @@ class TaskOutcome:
     uid: str
     status: dict[str, Any] | None  # the whole new status when it changed, else None
     create_jobs: tuple[dict[str, Any], ...] = ()
+    create_claims: tuple[dict[str, Any], ...] = ()  # the workspace claim, created (409: exists) before the Jobs
     delete_jobs: tuple[str, ...] = ()
     events: tuple[EventSpec, ...] = ()
     # For the metrics, recorded once the status write that carries them succeeded:
@@ -238,7 +240,7 @@ def parse_task(body: Mapping[str, Any]) -> tuple[AITask | None, str]:
     dag_cycle = find_cycle({s.name: s.depends_on for s in task.spec.subtasks})
     if dag_cycle:
         return None, "spec.subtasks[].dependsOn: dependency cycle " + " -> ".join([*dag_cycle, dag_cycle[0]])
-    return task, ""
+    return variants.expand_task(task), ""
 
 
 def _status_only(body: Mapping[str, Any]) -> AITaskStatus:
@@ -630,7 +632,7 @@ def _expected_runtime(
         return float(plan.estimated_seconds)
     demand = snapshot.demand_for(
         task,
-        task.spec.subtask(st.name),
+        variants.for_attempt(task.spec.subtask(st.name), plan.variant),
         max(1, st.attempts),
         now=0.0,
         default_time_weight=params.default_time_weight,
@@ -649,6 +651,7 @@ class _Queue:
     owner: dict[SubtaskKey, str] = field(default_factory=dict)  # demand -> task key
     ready: dict[SubtaskKey, Ready] = field(default_factory=dict)
     running: list[Running] = field(default_factory=list)
+    choices: dict[SubtaskKey, variants.VariantChoice] = field(default_factory=dict)  # sub-tasks with variants
 
 
 def _task_queue(
@@ -786,6 +789,29 @@ def snapshot_phase(
     return snap, queue
 
 
+def variants_phase(snap: Snapshot, queue: _Queue, work: _Work, params: SchedulerParams) -> Snapshot:
+    """Each ready sub-task with variants gets its (variant, class) choice; its demand becomes the variant's."""
+    chooser: variants.Chooser | None = None
+    for key, r in list(queue.ready.items()):
+        if not r.subtask.variants:
+            continue
+        owner = queue.owner[key]
+        if owner not in work.tasks:  # isolated by a sub-task before this one
+            continue
+        chooser = chooser or variants.Chooser(snap.classes, snap.nodes, snap.running, snap.learned, params)
+
+        def step(key: SubtaskKey = key, r: Ready = r, owner: str = owner, chooser: variants.Chooser = chooser) -> None:
+            choice = chooser.choose(work.tasks[owner], r.subtask, queue.demands[key])
+            queue.choices[key] = choice
+            queue.demands[key] = choice.demand
+            queue.ready[key] = replace(r, subtask=choice.subtask)
+
+        isolated(work, owner, step)
+    if chooser is None:  # no sub-task with variants is ready
+        return snap
+    return replace(snap, demands=tuple(d for d in queue.demands.values() if queue.owner[d.key] in work.tasks))
+
+
 # --------------------------------------------------------------------------- schedule
 
 
@@ -872,7 +898,7 @@ def decisions_phase(
             task = work.tasks[key]
             held = {j.name: j.queue_name for j in work.jobs.get(key, []) if j.suspended and not j.finished}
             mine, theirs = admitted.get(key, []), deferred.get(key, [])
-            sig = _decision_inputs(task, theirs, telemetry, held)
+            sig = (_decision_inputs(task, theirs, telemetry, held), _variants_of(queue, key))
             hit = cache.decided.get(key) if cache is not None and not mine else None
             raw = work.bodies[key].get("status") or {}
             if hit is not None and hit[0] is prog and hit[1] == sig:
@@ -893,6 +919,7 @@ def decisions_phase(
                     work.now,
                     kueue_queue=kueue_queue,
                     suspended=held,
+                    choices=queue.choices,
                 )
                 wire_new, wire_old = wire(decision.status), wire(task.status)
                 changed = raw is not wire_new and wire_new != raw and wire_new != wire_old
@@ -910,6 +937,7 @@ def decisions_phase(
                     uid=task.metadata.uid or "",
                     status=wire_new if changed else None,
                     create_jobs=decision.creates,
+                    create_claims=_claims(task) if decision.creates else (),
                     delete_jobs=prog.delete_jobs + decision.delete_jobs,
                     events=decision.events if changed or decision.creates else (),
                     finished=tuple(
@@ -930,6 +958,16 @@ def decisions_phase(
         for gone in [k for k in cache.decided if k not in work.progresses]:
             del cache.decided[gone]
     return pending, waits
+
+
+def _claims(task: AITask) -> tuple[dict[str, Any], ...]:
+    claim = workspace.build_claim(task)
+    return (claim,) if claim is not None else ()
+
+
+def _variants_of(queue: _Queue, key: str) -> tuple[tuple[str, str], ...]:
+    """The variants chosen this cycle for the task's ready sub-tasks: a change is a new decision."""
+    return tuple(sorted((k.subtask, c.name) for k, c in queue.choices.items() if queue.owner[k] == key))
 
 
 def _decision_inputs(
@@ -1033,6 +1071,7 @@ def run_cycle(view: ClusterView, params: CycleParams, now: datetime, cache: Cycl
         low_gpu_util_percent=params.low_gpu_util_percent,
         external_queue=params.kueue_default_queue is not None,
     )
+    snap = variants_phase(snap, queue, work, sched_params)
     result = schedule_phase(snap, queue, work, sched_params)
     pending, waits = decisions_phase(view, work, result, queue, ecs, params.kueue_default_queue, cache)
     class_status = class_status_phase(ecs, snap.nodes, learning, now)

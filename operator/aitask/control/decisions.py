@@ -29,15 +29,17 @@ from aitask.api.v1alpha1 import (
     TaskMetrics,
     TaskPhase,
 )
+from aitask.build import workspace
 from aitask.build.jobs import build_job
 from aitask.core import conditions as cond
-from aitask.core import progress
+from aitask.core import progress, variants
 from aitask.core.progress import EventSpec, Ready, TaskProgress
 from aitask.core.quantity import format_cpu, format_memory
 from aitask.core.reasons import ConditionType, Reason, kueue_waiting_message
 from aitask.core.scheduling import admit, limits
 from aitask.core.types import Admission, Deferral, Demand, Option, SubtaskKey
 from aitask.core.usage import combine
+from aitask.core.variants import VariantChoice
 
 
 @dataclass(frozen=True)
@@ -143,6 +145,13 @@ def _deferred(prev: SubtaskStatus, dfr: Deferral, demand: Demand, ecs: Mapping[s
     if old is not None and old.class_name == best and prev.message.split(":", 1)[0] == dfr.message.split(":", 1)[0]:
         return prev
     return prev.model_copy(update={"plan": _preview(dfr, demand, ecs), "message": dfr.message})
+
+
+def _with_choice(st: SubtaskStatus, choice: VariantChoice | None) -> SubtaskStatus:
+    """A waiting sub-task's preview with its variant (kept while the variant stays the same, like the class)."""
+    if choice is None or st.plan is None or st.plan.variant == choice.name:
+        return st
+    return st.model_copy(update={"plan": variants.with_variant(st.plan, choice)})
 
 
 def _with_usage(st: SubtaskStatus, telemetry: Telemetry, task: AITask) -> SubtaskStatus:
@@ -297,11 +306,13 @@ def decide_task(
     *,
     kueue_queue: str | None = None,
     suspended: Mapping[str, str] | None = None,
+    choices: Mapping[SubtaskKey, VariantChoice] | None = None,
 ) -> TaskDecision:
     """The task's next status after this cycle's admissions and deferrals, and its new Jobs.
 
     ``kueue_queue`` (Kueue mode): the LocalQueue of a task without ``spec.queueName``; its Jobs are
     created suspended in that queue. ``suspended``: the task's suspended Jobs, name -> queue.
+    ``choices``: the variant chosen for each demand of a sub-task with variants (core.variants).
     """
     status = prog.status
     subs = {s.name: s for s in status.subtasks}
@@ -312,7 +323,9 @@ def decide_task(
         sub = ready[adm.key].subtask
         ec = ecs[adm.class_name]
         queue = (task.spec.queue_name or kueue_queue) if kueue_queue is not None else None
+        choice = (choices or {}).get(adm.key)
         manifest = build_job(task, sub, adm, ec.spec, queue_name=queue)
+        manifest = workspace.with_contract(manifest, task, sub, choice.variant if choice else None, subs)
         creates.append(manifest)
         plan = make_plan(
             adm.chosen,
@@ -324,16 +337,18 @@ def decide_task(
             nodes=adm.nodes,
             message=adm.message,
         )
+        plan = variants.with_variant(plan, choice)
         prev = subs[sub.name]
         if prev.history and prev.history[-1].result.is_failure:
             retries.append(Retry(class_name=adm.class_name, after=prev.history[-1].result))
         subs[sub.name] = progress.start_attempt(
-            prev, sub, adm.attempt, job=manifest["metadata"]["name"], plan=plan, message=adm.message, now=now
+            prev, sub, adm.attempt, job=manifest["metadata"]["name"], plan=plan, message=plan.message, now=now
         )
-        events.append(EventSpec("Normal", Reason.ATTEMPT_STARTED, f"{sub.name}: {adm.message}"))
+        events.append(EventSpec("Normal", Reason.ATTEMPT_STARTED, f"{sub.name}: {plan.message}"))
     pending: list[str] = []
     for dfr in deferrals:
-        subs[dfr.key.subtask] = _deferred(subs[dfr.key.subtask], dfr, demands[dfr.key], ecs)
+        st = _deferred(subs[dfr.key.subtask], dfr, demands[dfr.key], ecs)
+        subs[dfr.key.subtask] = _with_choice(st, (choices or {}).get(dfr.key))
         pending.append(dfr.best.class_name if dfr.best else "none")
     ordered = [_with_usage(subs[s.name], telemetry, task) for s in task.spec.subtasks]
     gen = task.metadata.generation

@@ -16,6 +16,7 @@ LABEL_TASK = "aitask.dev/task"
 LABEL_SUBTASK = "aitask.dev/subtask"
 LABEL_ATTEMPT = "aitask.dev/attempt"
 LABEL_CLASS = "aitask.dev/class"
+LABEL_VARIANT = "aitask.dev/variant"  # the variant (model) an attempt of a sub-task with variants runs
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 MANAGER = "aitask-operator"
 ANNOTATION_SPEC_HASH = "aitask.dev/spec-hash"
@@ -80,6 +81,7 @@ class JobView:
     # spec.suspend: held by Kueue (or a user), so having no pod is expected: never a stuck attempt.
     suspended: bool = False
     queue_name: str = ""  # its kueue.x-k8s.io/queue-name label, "" outside Kueue mode
+    variant: str = ""  # label aitask.dev/variant: what an adopted attempt runs
 
     @property
     def finished(self) -> bool:
@@ -146,6 +148,7 @@ def job_view(body: Mapping[str, Any]) -> JobView | None:
         finished_at=finished,
         deleting=bool(meta.get("deletionTimestamp")),
         spec_hash=annotations.get(ANNOTATION_SPEC_HASH, ""),
+        variant=labels.get(LABEL_VARIANT, ""),
         ttl_seconds=(body.get("spec") or {}).get("ttlSecondsAfterFinished"),
         parallelism=int((body.get("spec") or {}).get("parallelism") or 1),
         completions=int((body.get("spec") or {}).get("completions") or 1),

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from aitask.api import v1alpha1 as api
-from aitask.core import dag
+from aitask.core import dag, variants
 from aitask.core.scheduler import schedule
 from aitask.core.snapshot import demand_for
 from aitask.core.types import (
@@ -45,6 +46,9 @@ class SubtaskPlan:
     message: str
     start_seconds: float  # after its dependencies, plus its own wait when it has none
     finish_seconds: float
+    variant: str = ""  # the chosen variant, when the sub-task lists variants
+    quality: float | None = None
+    pairs: tuple[variants.Pair, ...] = ()  # every (variant, class) pair, F with the quality term
 
 
 @dataclass(frozen=True)
@@ -57,6 +61,18 @@ class TaskPlan:
     estimated_completion_seconds: float
     total_cost: float
     feasible: bool  # every sub-task has a feasible class
+
+
+def _variant_fields(choice: variants.VariantChoice | None, chosen: Option | None) -> dict[str, Any]:
+    """The chosen option (its F with the quality term, as the pairs have it) and the variant's fields."""
+    if choice is None:
+        return {"chosen": chosen}
+    return {
+        "chosen": variants.with_quality_term(chosen, choice),
+        "variant": choice.name,
+        "quality": choice.variant.quality,
+        "pairs": choice.pairs,
+    }
 
 
 def _own_budget(task: api.AITask, spent: float) -> tuple[Limit, ...]:
@@ -90,10 +106,12 @@ def plan_task(
     cluster_limits = tuple(limits)
     spent = 0.0
     params = params or SchedulerParams()
+    task = variants.expand_task(task)
     deps = {s.name: list(s.depends_on) for s in task.spec.subtasks}
     order = dag.topological_order(deps)
     node_tuple = tuple(nodes)
     running_tuple = tuple(running)
+    choose = variants.lazy_choice(classes, node_tuple, running_tuple, learned or {}, params)
     plans: dict[str, SubtaskPlan] = {}
     runtimes: dict[str, float] = {}
     for name in order:
@@ -108,6 +126,7 @@ def plan_task(
             default_time_weight=default_time_weight,
             default_cost_weight=default_cost_weight,
         )
+        demand, sub, choice = choose(task, sub, demand)
         result = schedule(
             Snapshot(
                 now=now,
@@ -141,7 +160,6 @@ def plan_task(
             profile=sub.effective_profile,
             depends_on=tuple(sub.depends_on),
             demand=demand,
-            chosen=chosen,
             alternatives=alternatives,
             admissible_now=admissible,
             nodes=placed,
@@ -151,6 +169,7 @@ def plan_task(
             ),
             start_seconds=start,
             finish_seconds=start + runtime,
+            **_variant_fields(choice, chosen),
         )
     length, path = dag.critical_path(deps, runtimes)
     ordered = tuple(plans[n] for n in order)

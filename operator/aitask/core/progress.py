@@ -30,6 +30,7 @@ from aitask.api.v1alpha1 import (
     TaskPhase,
 )
 from aitask.core import conditions as cond
+from aitask.core import variants
 from aitask.core.dag import critical_path
 from aitask.core.observed import JobView, PodView
 from aitask.core.reasons import ConditionType, Reason, kueue_waiting_message
@@ -55,6 +56,7 @@ def _adopted_plan(job: JobView) -> Plan:
     """What an existing Job says of its placement, for an attempt the status did not record as such."""
     return Plan(
         class_name=job.class_name,
+        variant=job.variant,
         accelerators=job.accelerators,
         cpu=job.cpu,
         memory=job.memory,
@@ -215,6 +217,7 @@ def derive(
                     class_name=job.class_name,
                     spec_hash=job.spec_hash,
                     start_time=job.start_time,
+                    variant=job.variant,
                 )
                 events.append(
                     EventSpec(
@@ -247,6 +250,7 @@ def derive(
             current = seen.get(number)
             attempt = history.get(number) or Attempt(number=number, job=st.job or "", class_name="")
             plan = st.plan
+            sub = variants.for_attempt(sub, plan.variant if plan is not None else "")
             if stop is not None and (current is None or not current.finished):
                 # Suspended or cancelled: the attempt ends here, its Job (if any) goes with the pods' grace period.
                 if current is not None and not current.deleting:
@@ -462,7 +466,14 @@ def start_attempt(
     prev: SubtaskStatus, sub: Subtask, number: int, *, job: str, plan: Plan, message: str, now: datetime
 ) -> SubtaskStatus:
     """Queued -> Running: the admitted attempt, recorded before its Job is known to exist."""
-    attempt = Attempt(number=number, job=job, class_name=plan.class_name, start_time=now, spec_hash=subtask_hash(sub))
+    attempt = Attempt(
+        number=number,
+        job=job,
+        class_name=plan.class_name,
+        start_time=now,
+        spec_hash=subtask_hash(sub),
+        variant=plan.variant,
+    )
     return _upd(
         prev,
         phase=SubtaskPhase.RUNNING,

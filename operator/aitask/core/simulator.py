@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from aitask.api import v1alpha1 as api
-from aitask.core import dag
+from aitask.core import dag, variants
 from aitask.core.costmodel import accelerator_resource, cost
 from aitask.core.estimator import Estimator, hint, observe
 from aitask.core.scheduler import schedule
@@ -68,6 +68,7 @@ class Placement:
     nodes: tuple[str, ...] = ()
     cost: float = 0.0
     estimated_seconds: float = 0.0
+    variant: str = ""  # the variant it ran, for a sub-task with variants
 
 
 @dataclass(frozen=True)
@@ -119,6 +120,7 @@ class SimResult:
                     "node": p.node,
                     "start": p.start,
                     "end": p.end,
+                    **({"variant": p.variant} if p.variant else {}),
                 }
                 for p in self.placements
             ],
@@ -150,6 +152,39 @@ class _Run:
     demand: Demand
     resource: str
     known: int = 0
+    variant: str = ""
+
+
+def _cluster_now(
+    classes: Mapping[str, ClassInfo],
+    base_nodes: Sequence[NodeInfo],
+    free: Mapping[str, Mapping[str, float]],
+    running: Mapping[SubtaskKey, _Run],
+    learned: Mapping[tuple[str, str], Learned],
+    now: float,
+    *,
+    learn: bool,
+) -> tuple[tuple[NodeInfo, ...], tuple[Running, ...]]:
+    """Free nodes and running work as the operator would see them: running work at its estimate with
+    what is known now (in learn mode a job placed on a guess is re-estimated once its profile is learned)."""
+    current = Estimator(classes, learned) if learn else None
+    nodes = tuple(replace(n, free=dict(free[n.name])) for n in base_nodes)
+    work = tuple(
+        Running(
+            key=r.admission.key,
+            class_name=r.admission.class_name,
+            remaining_seconds=max(
+                0.0,
+                r.start
+                + (current.estimate(r.demand, r.admission.class_name).seconds if current is not None else r.estimated)
+                - now,
+            ),
+            accelerators=r.admission.accelerators * len(r.admission.nodes),
+            cpu=r.admission.cpu * len(r.admission.nodes),
+        )
+        for r in running.values()
+    )
+    return nodes, work
 
 
 def simulate(
@@ -174,7 +209,7 @@ def simulate(
     baseline); the true runtimes stay those of the trace.
     """
     state: list[_Task] = []
-    for task in tasks:
+    for task in map(variants.expand_task, tasks):
         name = task.metadata.name
         arrival = arrivals[name] if arrivals is not None and name in arrivals else arrival_of(task)
         deps = {s.name: list(s.depends_on) for s in task.spec.subtasks}
@@ -199,6 +234,8 @@ def simulate(
     next_arrival = 0
     now = 0.0
     running: dict[SubtaskKey, _Run] = {}
+    resolved: dict[tuple[str, str], api.Subtask] = {}  # (task, sub-task) -> the sub-task with its chosen variant
+    chosen_variant: dict[tuple[str, str], str] = {}
 
     while True:
         candidates = []
@@ -242,6 +279,7 @@ def simulate(
             active.append(pending[next_arrival])
             next_arrival += 1
 
+        seen_now: tuple[tuple[NodeInfo, ...], tuple[Running, ...]] | None = None
         demands: list[Demand] = []
         owner: dict[SubtaskKey, tuple[_Task, str]] = {}
         still_active: list[_Task] = []
@@ -253,9 +291,10 @@ def simulate(
                 demand = t.demands.get(sub_name)
                 if demand is None:
                     t.ready_since[sub_name] = now
+                    sub = t.task.spec.subtask(sub_name)
                     demand = demand_for(
                         t.task,
-                        t.task.spec.subtask(sub_name),
+                        sub,
                         1,
                         now=now,
                         ready_since=now,
@@ -263,6 +302,14 @@ def simulate(
                         default_time_weight=default_time_weight,
                         default_cost_weight=default_cost_weight,
                     )
+                    if sub.variants:  # the variant is chosen when the sub-task becomes ready, as in the operator
+                        seen_now = seen_now or _cluster_now(
+                            classes, base_nodes, free, running, learned_now, now, learn=learn
+                        )
+                        chooser = variants.Chooser(classes, *seen_now, learned_now, params)
+                        choice = chooser.choose(t.task, sub, demand)
+                        demand, resolved[(t.name, sub_name)] = choice.demand, choice.subtask
+                        chosen_variant[(t.name, sub_name)] = choice.name
                     if learn:
                         demand = replace(demand, estimate_by_class={})
                     if told is not None:
@@ -273,33 +320,15 @@ def simulate(
         active = still_active
         if not demands:
             continue
-        # Running work as the operator would see it: its estimate with what is known now
-        # (in learn mode a job placed on a guess is re-estimated once its profile is learned).
-        current = Estimator(classes, learned_now) if learn else None
+        nodes_now, running_now = seen_now or _cluster_now(
+            classes, base_nodes, free, running, learned_now, now, learn=learn
+        )
         snapshot = Snapshot(
             now=now,
             classes=classes,
-            nodes=tuple(replace(n, free=dict(free[n.name])) for n in base_nodes),
+            nodes=nodes_now,
             demands=tuple(demands),
-            running=tuple(
-                Running(
-                    key=r.admission.key,
-                    class_name=r.admission.class_name,
-                    remaining_seconds=max(
-                        0.0,
-                        r.start
-                        + (
-                            current.estimate(r.demand, r.admission.class_name).seconds
-                            if current is not None
-                            else r.estimated
-                        )
-                        - now,
-                    ),
-                    accelerators=r.admission.accelerators * len(r.admission.nodes),
-                    cpu=r.admission.cpu * len(r.admission.nodes),
-                )
-                for r in running.values()
-            ),
+            running=running_now,
             learned=learned_now,
         )
         result = schedule(snapshot, params)
@@ -307,7 +336,8 @@ def simulate(
         for adm in result.admitted:
             t, sub_name = owner[adm.key]
             demand = t.demands[sub_name]
-            true_seconds = _truth(t.task.spec.subtask(sub_name), demand, adm.class_name, classes, truth_estimator)
+            true_sub = resolved.get((t.name, sub_name)) or t.task.spec.subtask(sub_name)
+            true_seconds = _truth(true_sub, demand, adm.class_name, classes, truth_estimator)
             run = _Run(
                 task=t,
                 subtask=sub_name,
@@ -319,6 +349,7 @@ def simulate(
                 demand=demand,
                 resource=accelerator_resource(classes[adm.class_name]),
                 known=seen.get(demand.profile, 0),
+                variant=chosen_variant.get((t.name, sub_name), ""),
             )
             _take(free, run)
             t.started.add(sub_name)
@@ -395,6 +426,7 @@ def _summarise(
                 nodes=r.admission.nodes,
                 cost=money,
                 estimated_seconds=r.estimated,
+                variant=r.variant,
             )
         )
     first = min((t.arrival for t in state), default=0.0)

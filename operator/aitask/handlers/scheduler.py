@@ -494,6 +494,10 @@ class Engine:
             log.exception("writes of %s failed; the next cycle decides again", out.key)
 
     async def _write_ordered(self, out: TaskOutcome, serial: int) -> None:
+        for claim in out.create_claims:
+            if not await self._create_claim(out, claim):
+                self._abandon(out, serial)
+                return
         for manifest in out.create_jobs:
             if not await self._create(out, manifest):
                 self._abandon(out, serial)
@@ -528,6 +532,21 @@ class Engine:
                 reason=event.reason,
                 message=event.message,
             )
+
+    async def _create_claim(self, out: TaskOutcome, claim: Mapping[str, Any]) -> bool:
+        """Create the task's workspace claim (409: it exists); False when the API server refuses it."""
+        try:
+            await kube.create_claim(claim)
+        except ApiException as err:
+            if err.status not in _REJECTED:
+                raise
+            message = (
+                f"the API server refused the workspace claim {claim['metadata']['name']}: {kube.error_message(err)}"
+            )
+            log.warning("%s: %s", out.key, message)
+            self.rejected[out.key] = (out.generation, message)
+            return False
+        return True
 
     async def _create(self, out: TaskOutcome, manifest: Mapping[str, Any]) -> bool:
         """Create one Job; False when the decision that asked for it must not be recorded."""
@@ -653,6 +672,7 @@ def _merge(older: TaskOutcome, newer: TaskOutcome) -> TaskOutcome:
         newer,
         status=newer.status if newer.status is not None else older.status,
         create_jobs=older.create_jobs + tuple(m for m in newer.create_jobs if m["metadata"]["name"] not in names),
+        create_claims=newer.create_claims or older.create_claims,
         delete_jobs=tuple(dict.fromkeys(older.delete_jobs + newer.delete_jobs)),
         expire_jobs=tuple(dict.fromkeys(older.expire_jobs + newer.expire_jobs)),
         events=older.events + newer.events,
