@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -363,3 +364,22 @@ def test_the_legacy_finalizer_is_removed_once_in_the_background(monkeypatch: pyt
 
     asyncio.run(scans())
     assert removed == ["old"]
+
+
+def test_a_wake_up_sooner_than_the_period_asks_for_a_cycle_then(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A sub-task in backoff for 0.3 s gets its cycle then, not at the next periodic cycle (60 s here)."""
+    FakeApi(monkeypatch)
+    eng = Engine(settings=OperatorSettings(metrics_port=0, scheduling_period_seconds=60))
+    pokes: list[str] = []
+    monkeypatch.setattr(eng, "poke", pokes.append)
+    now = datetime.now(UTC)
+
+    async def go() -> None:
+        eng._wake_at(now + timedelta(seconds=0.3), now)  # noqa: SLF001 - what _run does after each cycle
+        await asyncio.sleep(0.6)
+        eng._wake_at(now + timedelta(seconds=120), now)  # noqa: SLF001 - later than the period: none
+        await asyncio.sleep(0.1)
+
+    asyncio.run(go())
+    assert pokes == ["wake-up"]
+    assert eng.wakeup is None

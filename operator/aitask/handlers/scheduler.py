@@ -119,6 +119,7 @@ class Engine:
     sent: dict[tuple[str, str, str], float] = field(default_factory=dict)  # (verb, ns, job) -> when
     created: dict[tuple[str, str], float] = field(default_factory=dict)  # (ns, job) created, not seen yet
     budget_written: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)  # last budget statuses
+    wakeup: asyncio.TimerHandle | None = None  # the cycle at stats.next_wakeup, when sooner than the period
 
     def healthy(self) -> bool:
         """Liveness: a few failed cycles in a row (an API outage, a bug) make a restart worthwhile."""
@@ -347,6 +348,7 @@ class Engine:
             )
             outcome = await asyncio.to_thread(run_cycle, view, self.params(), now, self.cache)
             writes = self._dispatch(outcome, based)
+            self._wake_at(outcome.stats.next_wakeup, now)
             self.cycles += 1
             self._record(outcome, time.perf_counter() - start, reason)
             return writes
@@ -640,6 +642,18 @@ class Engine:
             await asyncio.gather(*list(self.inflight.values()), return_exceptions=True)
 
     # ------------------------------------------------------------------ triggers
+
+    def _wake_at(self, when: datetime | None, now: datetime) -> None:
+        """A cycle at the earliest time a task waits for (a backoff, a deadline, a stuck threshold, a budget
+        period), when that comes before the next periodic cycle; one timer, replaced by each cycle."""
+        if self.wakeup is not None:
+            self.wakeup.cancel()
+            self.wakeup = None
+        if when is None:
+            return
+        delay = (when - now).total_seconds()
+        if 0 <= delay < self.settings.scheduling_period_seconds:
+            self.wakeup = asyncio.get_running_loop().call_later(delay + 0.01, self.poke, "wake-up")
 
     def poke(self, reason: str) -> None:
         """Ask for a cycle soon: pokes within the debounce window, or during a cycle, make one more cycle."""

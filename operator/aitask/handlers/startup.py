@@ -62,7 +62,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
 async def shutdown(memo: kopf.Memo, **_: Any) -> None:
     engine: Engine | None = getattr(memo, "engine", None)
     if engine is not None:
-        for background in (engine.periodic_task, engine.legacy_cleanup):
+        for background in (engine.periodic_task, engine.legacy_cleanup, engine.wakeup):
             if background is not None:
                 background.cancel()
         if engine.informers is not None:
