@@ -14,7 +14,7 @@ import hashlib
 import json
 import weakref
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
@@ -166,6 +166,24 @@ def _cost_of(seconds: float | None, plan_cost: float, plan_seconds: float) -> fl
     return plan_cost * seconds / plan_seconds
 
 
+@dataclass
+class _Derivation:
+    """One derive's fixed inputs and what it collects as it goes through the sub-tasks."""
+
+    classes: Mapping[str, ClassInfo]
+    now: datetime
+    backoff: tuple[float, float]  # (default base, cap)
+    unseen: frozenset[str]
+    stuck_after_seconds: float
+    stop: Stop | None
+    pods_by_job: dict[str, list[PodView]]
+    events: list[EventSpec] = field(default_factory=list)
+    observations: list[Observation] = field(default_factory=list)
+    finished: list[tuple[Attempt, float | None]] = field(default_factory=list)
+    delete: list[str] = field(default_factory=list)
+    changed_while_running: list[str] = field(default_factory=list)
+
+
 def derive(
     task: AITask,
     jobs: Sequence[JobView],
@@ -181,185 +199,241 @@ def derive(
     """Compute the task's next status and actions from what the cluster shows now.
 
     ``unseen`` names Jobs the operator created that the watch has not shown yet: whatever the
-    watch's delay, such a Job is never taken for one deleted outside the operator.
+    watch's delay, such a Job is never taken for one deleted outside the operator. One pass over
+    the sub-tasks in spec order follows each one's attempts (``_adopt``, ``_follow``), a second
+    decides what may start (``_readiness``), then the task-level phase and conditions.
     """
     spec = task.spec
     prev = task.status
-    created = task.metadata.creation_timestamp or now
-    stop = stop_request(task)
     jobs_by_sub: dict[str, dict[int, JobView]] = {}
     for job in jobs:
         jobs_by_sub.setdefault(job.subtask, {})[job.attempt] = job
     pods_by_job: dict[str, list[PodView]] = {}
     for pod in pods:
         pods_by_job.setdefault(pod.job, []).append(pod)
-
-    events: list[EventSpec] = []
-    observations: list[Observation] = []
-    finished: list[tuple[Attempt, float | None]] = []
-    delete: list[str] = []
-    ready: list[Ready] = []
-    changed_while_running: list[str] = []
+    acc = _Derivation(
+        classes=classes,
+        now=now,
+        backoff=(backoff_seconds, backoff_max_seconds),
+        unseen=unseen,
+        stuck_after_seconds=stuck_after_seconds,
+        stop=stop_request(task),
+        pods_by_job=pods_by_job,
+    )
     out: dict[str, SubtaskStatus] = {}
-
-    # Topological order is not needed: one pass in spec order, then a pass for readiness.
     for sub in spec.subtasks:
-        st = prev.subtask(sub.name) or SubtaskStatus(name=sub.name)
         seen = jobs_by_sub.get(sub.name, {})
-        # Adopt attempts whose Job exists but whose status write was lost.
-        latest = max([st.attempts, *seen.keys()])
-        history = {a.number: a for a in st.history}
-        for number, job in seen.items():
-            if number not in history:
-                history[number] = Attempt(
-                    number=number,
-                    job=job.name,
-                    class_name=job.class_name,
-                    spec_hash=job.spec_hash,
-                    start_time=job.start_time,
-                    variant=job.variant,
-                )
-                events.append(
-                    EventSpec(
-                        "Normal",
-                        Reason.ATTEMPT_ADOPTED,
-                        f"{sub.name}: attempt {number} found as Job {job.name} on {job.class_name or '?'} "
-                        "(the status write that recorded it was lost)",
-                    )
-                )
-            elif history[number].class_name != job.class_name and job.class_name:
-                # The Job that exists is what runs: a status that says otherwise is corrected.
-                history[number] = _upd(history[number], class_name=job.class_name)
-        if latest > st.attempts:
-            newest = seen[latest]
-            kept = st.plan if st.plan is not None and st.plan.class_name == newest.class_name else None
-            st = _upd(
-                st, attempts=latest, phase=SubtaskPhase.RUNNING, job=newest.name, plan=kept or _adopted_plan(newest)
-            )
-        elif st.phase == SubtaskPhase.RUNNING and latest in seen and st.plan is not None:
-            newest = seen[latest]
-            if newest.class_name and st.plan.class_name != newest.class_name:
-                st = _upd(st, plan=_adopted_plan(newest))  # e.g. a Job of another class answered our create with 409
-
-        if st.phase in _TERMINAL:
-            out[sub.name] = _upd(st, history=sorted(history.values(), key=lambda a: a.number))
-            continue
-
+        st, history = _adopt(sub, prev.subtask(sub.name) or SubtaskStatus(name=sub.name), seen, acc)
         if st.phase == SubtaskPhase.RUNNING and st.attempts > 0:
-            number = st.attempts
-            current = seen.get(number)
-            attempt = history.get(number) or Attempt(number=number, job=st.job or "", class_name="")
-            plan = st.plan
-            sub = variants.for_attempt(sub, plan.variant if plan is not None else "")
-            if stop is not None and (current is None or not current.finished):
-                # Suspended or cancelled: the attempt ends here, its Job (if any) goes with the pods' grace period.
-                if current is not None and not current.deleting:
-                    delete.append(current.name)
-                attempt, st = _stopped(st, attempt, plan, stop, now)
-            elif current is None:
-                admitted = attempt.start_time or st.start_time or now
-                if now - admitted > JOB_VISIBILITY_GRACE and (st.job or "") not in unseen:
-                    attempt = _upd(
-                        attempt,
-                        result=AttemptResult.FAILED,
-                        reason="the Job disappeared (deleted outside the operator)",
-                        finish_time=now,
-                    )
-                    st = _after_failure(sub, st, attempt, classes, now, (backoff_seconds, backoff_max_seconds), events)
-                # else: created moments ago and not in the watch cache yet: still running
-            else:
-                job_pods = pods_by_job.get(current.name, [])
-                nodes = sorted({p.node for p in job_pods if p.node and not p.terminal})
-                start = current.start_time or attempt.start_time
-                if current.spec_hash and current.spec_hash != subtask_hash(sub):
-                    changed_while_running.append(sub.name)
-                if current.complete:
-                    secs = _seconds(current.start_time, current.completion_time)
-                    cost = _cost_of(secs, plan.estimated_cost, plan.estimated_seconds) if plan else None
-                    attempt = _upd(
-                        attempt,
-                        result=AttemptResult.SUCCEEDED,
-                        start_time=start,
-                        finish_time=current.completion_time,
-                        actual_seconds=secs,
-                        actual_cost=cost,
-                    )
-                    if not attempt.learned and secs is not None and current.class_name:
-                        observations.append(
-                            Observation(
-                                profile=sub.effective_profile,
-                                class_name=current.class_name,
-                                seconds=secs,
-                                work_units=sub.work.units,
-                                estimated_seconds=plan.estimated_seconds if plan else None,
-                                oom=False,
-                                gpu_util=st.metrics.gpu_util_avg if st.metrics else None,
-                            )
-                        )
-                        attempt = _upd(attempt, learned=True)
-                    st = _upd(
-                        st,
-                        phase=SubtaskPhase.SUCCEEDED,
-                        finish_time=current.completion_time or now,
-                        start_time=st.start_time or start,
-                        actual_seconds=secs,
-                        actual_cost=cost,
-                        message=f"attempt {number} succeeded on {current.class_name} in {secs or 0:.0f}s",
-                    )
-                    events.append(EventSpec("Normal", Reason.ATTEMPT_SUCCEEDED, f"{sub.name}: {st.message}"))
-                elif current.failed_final:
-                    result, code, detail = _attempt_result(current, job_pods)
-                    secs = _seconds(current.start_time, current.finished_at)
-                    cost = _cost_of(secs, plan.estimated_cost, plan.estimated_seconds) if plan else None
-                    attempt = _upd(
-                        attempt,
-                        result=result,
-                        exit_code=code,
-                        reason=detail,
-                        start_time=start,
-                        finish_time=current.finished_at or now,
-                        actual_seconds=secs,
-                        actual_cost=cost,
-                    )
-                    if result == AttemptResult.OOM_KILLED and not attempt.learned and current.class_name:
-                        observations.append(
-                            Observation(
-                                profile=sub.effective_profile,
-                                class_name=current.class_name,
-                                seconds=secs or 0.0,
-                                work_units=sub.work.units,
-                                estimated_seconds=None,
-                                oom=True,
-                            )
-                        )
-                        attempt = _upd(attempt, learned=True)
-                    st = _after_failure(sub, st, attempt, classes, now, (backoff_seconds, backoff_max_seconds), events)
-                else:
-                    attempt = _upd(attempt, start_time=attempt.start_time or start)
-                    if (stuck := stuck_reason(current, job_pods, now, stuck_after_seconds)) is not None:
-                        attempt = _upd(attempt, result=AttemptResult.STUCK, reason=stuck, finish_time=now)
-                        delete.append(current.name)  # its pods stop holding nodes and quota
-                        backoff = (backoff_seconds, backoff_max_seconds)
-                        st = _after_failure(sub, st, attempt, classes, now, backoff, events)
-                    else:
-                        st = _kueue_admission(st, current)
-                    if stuck is None and nodes and nodes != st.nodes:  # where it runs: news once its pods are bound
-                        st = _upd(
-                            st,
-                            nodes=nodes,
-                            start_time=st.start_time or start,
-                            message=f"attempt {number} running on {current.class_name} ({', '.join(nodes)})",
-                        )
-            recorded = history.get(number)
-            if attempt.result != AttemptResult.RUNNING and (
-                recorded is None or recorded.result == AttemptResult.RUNNING
-            ):
-                finished.append((attempt, plan.estimated_cost if plan else None))
-            history[number] = attempt
+            st = _follow(sub, st, history, seen, acc)
         out[sub.name] = _upd(st, history=sorted(history.values(), key=lambda a: a.number))
+    ready = _readiness(task, out, acc)
+    # Sub-tasks removed from the spec: stop their running Jobs, forget them.
+    spec_names = {s.name for s in spec.subtasks}
+    for old in prev.subtasks:
+        if old.name not in spec_names and old.phase == SubtaskPhase.RUNNING and old.job:
+            acc.delete.append(old.job)
+    status = _task_level(task, out, now, acc.events, acc.delete, ready, acc.changed_while_running, acc.finished)
+    status = _stuck_condition(status, now, task.metadata.generation)
+    return TaskProgress(
+        status=status,
+        ready=tuple(ready) if not status.phase.final else (),
+        delete_jobs=tuple(acc.delete),
+        events=tuple(acc.events),
+        observations=tuple(acc.observations),
+        finished=tuple(acc.finished),
+    )
 
-    # Readiness: dependencies decide what may start; failures propagate as skips.
-    for sub in spec.subtasks:
+
+def _adopt(
+    sub: Subtask, st: SubtaskStatus, seen: Mapping[int, JobView], acc: _Derivation
+) -> tuple[SubtaskStatus, dict[int, Attempt]]:
+    """The sub-task's attempts as its Jobs show them: a Job whose status write was lost is adopted."""
+    latest = max([st.attempts, *seen.keys()])
+    history = {a.number: a for a in st.history}
+    for number, job in seen.items():
+        if number not in history:
+            history[number] = Attempt(
+                number=number,
+                job=job.name,
+                class_name=job.class_name,
+                spec_hash=job.spec_hash,
+                start_time=job.start_time,
+                variant=job.variant,
+            )
+            acc.events.append(
+                EventSpec(
+                    "Normal",
+                    Reason.ATTEMPT_ADOPTED,
+                    f"{sub.name}: attempt {number} found as Job {job.name} on {job.class_name or '?'} "
+                    "(the status write that recorded it was lost)",
+                )
+            )
+        elif history[number].class_name != job.class_name and job.class_name:
+            # The Job that exists is what runs: a status that says otherwise is corrected.
+            history[number] = _upd(history[number], class_name=job.class_name)
+    if latest > st.attempts:
+        newest = seen[latest]
+        kept = st.plan if st.plan is not None and st.plan.class_name == newest.class_name else None
+        st = _upd(st, attempts=latest, phase=SubtaskPhase.RUNNING, job=newest.name, plan=kept or _adopted_plan(newest))
+    elif st.phase == SubtaskPhase.RUNNING and latest in seen and st.plan is not None:
+        newest = seen[latest]
+        if newest.class_name and st.plan.class_name != newest.class_name:
+            st = _upd(st, plan=_adopted_plan(newest))  # e.g. a Job of another class answered our create with 409
+    return st, history
+
+
+def _follow(
+    sub: Subtask, st: SubtaskStatus, history: dict[int, Attempt], seen: Mapping[int, JobView], acc: _Derivation
+) -> SubtaskStatus:
+    """The running attempt against its Job: stopped by the user, gone, succeeded, failed, stuck or running.
+
+    ``history`` gets the attempt as it is now; an attempt that ended here is counted once in ``acc.finished``.
+    """
+    now = acc.now
+    number = st.attempts
+    current = seen.get(number)
+    attempt = history.get(number) or Attempt(number=number, job=st.job or "", class_name="")
+    plan = st.plan
+    sub = variants.for_attempt(sub, plan.variant if plan is not None else "")
+    stop = acc.stop
+    if stop is not None and (current is None or not current.finished):
+        # Suspended or cancelled: the attempt ends here, its Job (if any) goes with the pods' grace period.
+        if current is not None and not current.deleting:
+            acc.delete.append(current.name)
+        attempt, st = _stopped(st, attempt, plan, stop, now)
+    elif current is None:
+        admitted = attempt.start_time or st.start_time or now
+        if now - admitted > JOB_VISIBILITY_GRACE and (st.job or "") not in acc.unseen:
+            attempt = _upd(
+                attempt,
+                result=AttemptResult.FAILED,
+                reason="the Job disappeared (deleted outside the operator)",
+                finish_time=now,
+            )
+            st = _after_failure(sub, st, attempt, acc.classes, now, acc.backoff, acc.events)
+        # else: created moments ago and not in the watch cache yet: still running
+    else:
+        if current.spec_hash and current.spec_hash != subtask_hash(sub):
+            acc.changed_while_running.append(sub.name)
+        if current.complete:
+            attempt, st = _succeeded(sub, st, attempt, current, acc)
+        elif current.failed_final:
+            attempt, st = _failed(sub, st, attempt, current, acc)
+        else:
+            attempt, st = _running(sub, st, attempt, current, acc)
+    recorded = history.get(number)
+    if attempt.result != AttemptResult.RUNNING and (recorded is None or recorded.result == AttemptResult.RUNNING):
+        acc.finished.append((attempt, plan.estimated_cost if plan else None))
+    history[number] = attempt
+    return st
+
+
+def _succeeded(
+    sub: Subtask, st: SubtaskStatus, attempt: Attempt, job: JobView, acc: _Derivation
+) -> tuple[Attempt, SubtaskStatus]:
+    """The attempt's Job completed: recorded with its runtime and cost, and learned from once."""
+    plan = st.plan
+    start = job.start_time or attempt.start_time
+    secs = _seconds(job.start_time, job.completion_time)
+    cost = _cost_of(secs, plan.estimated_cost, plan.estimated_seconds) if plan else None
+    attempt = _upd(
+        attempt,
+        result=AttemptResult.SUCCEEDED,
+        start_time=start,
+        finish_time=job.completion_time,
+        actual_seconds=secs,
+        actual_cost=cost,
+    )
+    if not attempt.learned and secs is not None and job.class_name:
+        acc.observations.append(
+            Observation(
+                profile=sub.effective_profile,
+                class_name=job.class_name,
+                seconds=secs,
+                work_units=sub.work.units,
+                estimated_seconds=plan.estimated_seconds if plan else None,
+                oom=False,
+                gpu_util=st.metrics.gpu_util_avg if st.metrics else None,
+            )
+        )
+        attempt = _upd(attempt, learned=True)
+    st = _upd(
+        st,
+        phase=SubtaskPhase.SUCCEEDED,
+        finish_time=job.completion_time or acc.now,
+        start_time=st.start_time or start,
+        actual_seconds=secs,
+        actual_cost=cost,
+        message=f"attempt {attempt.number} succeeded on {job.class_name} in {secs or 0:.0f}s",
+    )
+    acc.events.append(EventSpec("Normal", Reason.ATTEMPT_SUCCEEDED, f"{sub.name}: {st.message}"))
+    return attempt, st
+
+
+def _failed(
+    sub: Subtask, st: SubtaskStatus, attempt: Attempt, job: JobView, acc: _Derivation
+) -> tuple[Attempt, SubtaskStatus]:
+    """The attempt's Job failed: classified (OOM kills are learned from), then retried or the sub-task fails."""
+    plan = st.plan
+    result, code, detail = _attempt_result(job, acc.pods_by_job.get(job.name, []))
+    secs = _seconds(job.start_time, job.finished_at)
+    cost = _cost_of(secs, plan.estimated_cost, plan.estimated_seconds) if plan else None
+    attempt = _upd(
+        attempt,
+        result=result,
+        exit_code=code,
+        reason=detail,
+        start_time=job.start_time or attempt.start_time,
+        finish_time=job.finished_at or acc.now,
+        actual_seconds=secs,
+        actual_cost=cost,
+    )
+    if result == AttemptResult.OOM_KILLED and not attempt.learned and job.class_name:
+        acc.observations.append(
+            Observation(
+                profile=sub.effective_profile,
+                class_name=job.class_name,
+                seconds=secs or 0.0,
+                work_units=sub.work.units,
+                estimated_seconds=None,
+                oom=True,
+            )
+        )
+        attempt = _upd(attempt, learned=True)
+    return attempt, _after_failure(sub, st, attempt, acc.classes, acc.now, acc.backoff, acc.events)
+
+
+def _running(
+    sub: Subtask, st: SubtaskStatus, attempt: Attempt, job: JobView, acc: _Derivation
+) -> tuple[Attempt, SubtaskStatus]:
+    """The attempt's Job is neither complete nor failed: stuck (ended, Job deleted), or where it runs."""
+    job_pods = acc.pods_by_job.get(job.name, [])
+    start = job.start_time or attempt.start_time
+    attempt = _upd(attempt, start_time=attempt.start_time or start)
+    stuck = stuck_reason(job, job_pods, acc.now, acc.stuck_after_seconds)
+    if stuck is not None:
+        attempt = _upd(attempt, result=AttemptResult.STUCK, reason=stuck, finish_time=acc.now)
+        acc.delete.append(job.name)  # its pods stop holding nodes and quota
+        return attempt, _after_failure(sub, st, attempt, acc.classes, acc.now, acc.backoff, acc.events)
+    st = _kueue_admission(st, job)
+    nodes = sorted({p.node for p in job_pods if p.node and not p.terminal})
+    if nodes and nodes != st.nodes:  # where it runs: news once its pods are bound
+        st = _upd(
+            st,
+            nodes=nodes,
+            start_time=st.start_time or start,
+            message=f"attempt {attempt.number} running on {job.class_name} ({', '.join(nodes)})",
+        )
+    return attempt, st
+
+
+def _readiness(task: AITask, out: dict[str, SubtaskStatus], acc: _Derivation) -> list[Ready]:
+    """What may start: dependencies decide; failures propagate as skips; a suspended task admits nothing."""
+    created = task.metadata.creation_timestamp or acc.now
+    stop = acc.stop
+    ready: list[Ready] = []
+    for sub in task.spec.subtasks:
         st = out[sub.name]
         if st.phase in _TERMINAL or st.phase == SubtaskPhase.RUNNING:
             continue
@@ -374,7 +448,7 @@ def derive(
                 message="waiting for " + ", ".join(d.name for d in deps if d.phase != SubtaskPhase.SUCCEEDED),
             )
             continue
-        if st.phase == SubtaskPhase.BACKOFF and st.retry_after and now < st.retry_after:
+        if st.phase == SubtaskPhase.BACKOFF and st.retry_after and acc.now < st.retry_after:
             continue
         if stop is not None:  # suspended: ready, but nothing is admitted (a cancelled task skips it later)
             if stop.result == AttemptResult.SUSPENDED and (
@@ -383,27 +457,11 @@ def derive(
                 out[sub.name] = _upd(st, phase=SubtaskPhase.QUEUED, message=SUSPENDED_MESSAGE)
             continue
         since = st.ready_since or max([created, *[d.finish_time for d in deps if d.finish_time]])
-        min_mem, excluded = _escalation(st, classes)
+        min_mem, excluded = _escalation(st, acc.classes)
         ready.append(Ready(sub, st.attempts + 1, since, min_mem, excluded, _stuck_classes(st)))
         if st.phase != SubtaskPhase.QUEUED or st.ready_since is None:
             out[sub.name] = _upd(st, phase=SubtaskPhase.QUEUED, ready_since=since)
-
-    # Sub-tasks removed from the spec: stop their running Jobs, forget them.
-    spec_names = {s.name for s in spec.subtasks}
-    for old in prev.subtasks:
-        if old.name not in spec_names and old.phase == SubtaskPhase.RUNNING and old.job:
-            delete.append(old.job)
-
-    status = _task_level(task, out, now, events, delete, ready, changed_while_running, finished)
-    status = _stuck_condition(status, now, task.metadata.generation)
-    return TaskProgress(
-        status=status,
-        ready=tuple(ready) if not status.phase.final else (),
-        delete_jobs=tuple(delete),
-        events=tuple(events),
-        observations=tuple(observations),
-        finished=tuple(finished),
-    )
+    return ready
 
 
 def _kueue_admission(st: SubtaskStatus, job: JobView) -> SubtaskStatus:
