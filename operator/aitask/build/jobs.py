@@ -77,29 +77,15 @@ def _affinity(ec: ExecutorClassSpec, nodes: Sequence[str]) -> dict[str, Any]:
     return {"nodeAffinity": affinity} if affinity else {}
 
 
-def build_job(
+def _container(
     task: AITask,
     sub: Subtask,
     admission: Admission,
     executor_class: ExecutorClassSpec,
-    *,
-    extra_env: Mapping[str, str] | None = None,
-    queue_name: str | None = None,
+    extra_env: Mapping[str, str] | None,
 ) -> dict[str, Any]:
-    """The batch/v1 Job for one admitted attempt of one sub-task on the chosen executor class.
-
-    With ``queue_name`` (Kueue mode) the Job carries Kueue's queue-name label and is created
-    suspended: Kueue admits it (unsuspends it) when its ClusterQueue has quota. The class's node
-    selector stays a required node affinity, which Kueue's flavor assignment honours, so the
-    flavor Kueue picks is the one whose node labels match the class the cost model chose.
-    """
-    attempt, class_name, nodes = admission.attempt, admission.class_name, admission.nodes
+    """The one container: image, command, the environment contract, requests and limits."""
     accelerators, cpu, memory = admission.accelerators, admission.cpu, admission.memory
-    estimated_seconds = admission.chosen.runtime_seconds or 0.0
-    meta = task.metadata
-    name = job_name(meta.name, sub.name, attempt)
-    labels = _labels(task, sub, attempt, class_name)
-    job_labels = {**labels, LABEL_KUEUE_QUEUE: queue_name} if queue_name else labels
     requests: dict[str, str] = {"cpu": format_cpu(cpu), "memory": format_memory(memory)}
     limits: dict[str, str] = {"memory": format_memory(memory)}
     if accelerators and executor_class.accelerator is not None:
@@ -108,10 +94,10 @@ def build_job(
         limits[resource] = str(accelerators)
     env = [e.wire() for e in task.spec.template.env] + [e.wire() for e in sub.env]
     builtin = {
-        "AITASK_TASK": meta.name,
+        "AITASK_TASK": task.metadata.name,
         "AITASK_SUBTASK": sub.name,
-        "AITASK_ATTEMPT": str(attempt),
-        "AITASK_CLASS": class_name,
+        "AITASK_ATTEMPT": str(admission.attempt),
+        "AITASK_CLASS": admission.class_name,
         **(extra_env or {}),
     }
     env += [{"name": k, "value": v} for k, v in builtin.items()]
@@ -127,7 +113,13 @@ def build_job(
         container["args"] = list(sub.args)
     if sub.volume_mounts:
         container["volumeMounts"] = [m.wire() for m in sub.volume_mounts]
+    return container
 
+
+def _pod_spec(
+    task: AITask, sub: Subtask, executor_class: ExecutorClassSpec, nodes: Sequence[str], container: dict[str, Any]
+) -> dict[str, Any]:
+    """The pod template's spec: the class's affinity and tolerations, the task's pod settings, volumes."""
     template = task.spec.template
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
@@ -148,7 +140,33 @@ def build_job(
         pod_spec["terminationGracePeriodSeconds"] = template.termination_grace_period_seconds
     if sub.volumes:
         pod_spec["volumes"] = list(sub.volumes)
+    return pod_spec
 
+
+def build_job(
+    task: AITask,
+    sub: Subtask,
+    admission: Admission,
+    executor_class: ExecutorClassSpec,
+    *,
+    extra_env: Mapping[str, str] | None = None,
+    queue_name: str | None = None,
+) -> dict[str, Any]:
+    """The batch/v1 Job for one admitted attempt of one sub-task on the chosen executor class.
+
+    With ``queue_name`` (Kueue mode) the Job carries Kueue's queue-name label and is created
+    suspended: Kueue admits it (unsuspends it) when its ClusterQueue has quota. The class's node
+    selector stays a required node affinity, which Kueue's flavor assignment honours, so the
+    flavor Kueue picks is the one whose node labels match the class the cost model chose.
+    """
+    attempt, class_name, nodes = admission.attempt, admission.class_name, admission.nodes
+    estimated_seconds = admission.chosen.runtime_seconds or 0.0
+    meta = task.metadata
+    name = job_name(meta.name, sub.name, attempt)
+    labels = _labels(task, sub, attempt, class_name)
+    job_labels = {**labels, LABEL_KUEUE_QUEUE: queue_name} if queue_name else labels
+    template = task.spec.template
+    pod_spec = _pod_spec(task, sub, executor_class, nodes, _container(task, sub, admission, executor_class, extra_env))
     pod_labels = {**template.metadata.labels, **sub.pod_metadata.labels, **labels}
     pod_annotations = {**template.metadata.annotations, **sub.pod_metadata.annotations}
     completions = sub.effective_completions
