@@ -626,6 +626,7 @@ class Attempt(StatusModel):
     preempted_by: str | None = Field(
         None, description="The sub-task (namespace/task/subtask) it was preempted for; empty for a migration."
     )
+    moved_to: str | None = Field(None, description="After a migration: the class the next attempt runs on.")
 
 
 class SubtaskMetrics(StatusModel):

@@ -36,6 +36,7 @@ from aitask.api.v1alpha1 import (
     SubtaskPhase,
     TaskPhase,
 )
+from aitask.control import preemption
 from aitask.control.decisions import Retry, Telemetry, decide_task, wire
 from aitask.control.limits import InPlay, limits_phase
 from aitask.core import conditions as cond
@@ -54,6 +55,7 @@ from aitask.core.types import (
     Demand,
     NodeInfo,
     Policy,
+    Preemption,
     Running,
     SchedulerParams,
     Snapshot,
@@ -326,6 +328,7 @@ class _Work:
     tasks: dict[str, AITask] = field(default_factory=dict)
     jobs: dict[str, list[JobView]] = field(default_factory=dict)
     progresses: dict[str, TaskProgress] = field(default_factory=dict)
+    pods: dict[str, list[PodView]] = field(default_factory=dict)  # the task's Jobs' pods (progress reports)
     outcomes: list[TaskOutcome] = field(default_factory=list)
     phases: dict[tuple[str, str], int] = field(default_factory=dict)
     errors: list[Isolated] = field(default_factory=list)
@@ -448,6 +451,7 @@ def progress_phase(
     for key, task in list(work.tasks.items()):
         tjobs = work.jobs.get(key, [])
         tpods = [p for j in tjobs for p in pods_by_job.get(f"{j.namespace}/{j.name}", [])]
+        work.pods[key] = tpods
 
         def step(
             key: str = key, task: AITask = task, tjobs: list[JobView] = tjobs, tpods: list[PodView] = tpods
@@ -595,15 +599,7 @@ def _expected_runtime(
     plan = st.plan
     if plan.class_name not in infos or st.name not in {s.name for s in task.spec.subtasks}:
         return float(plan.estimated_seconds)
-    demand = snapshot.demand_for(
-        task,
-        task.spec.subtask(st.name),
-        max(1, st.attempts),
-        now=0.0,
-        default_time_weight=params.default_time_weight,
-        default_cost_weight=params.default_cost_weight,
-    )
-    return estimates.estimate(demand, plan.class_name).seconds
+    return estimates.estimate(_running_demand(task, st, params), plan.class_name).seconds
 
 
 @dataclass
@@ -640,6 +636,7 @@ def _task_queue(
             excluded=r.excluded_classes,
             avoided=r.avoided_classes,
         )
+        demand = preemption.resumed_demand(task, prog.status.subtask(r.subtask.name), demand)
         for name in infos:  # every figure the scheduler will compute must be a number
             seconds = estimates.estimate(demand, name).seconds
             if not 0.0 <= seconds < float("inf"):
@@ -652,16 +649,46 @@ def _task_queue(
             started = current.start_time if current is not None and current.start_time else st.start_time
             elapsed = (now - started).total_seconds() if started else 0.0
             pods = max(1, len(st.plan.nodes))
-            running.append(
-                Running(
-                    key=SubtaskKey(task.metadata.namespace or "default", task.metadata.name, st.name),
-                    class_name=st.plan.class_name,
-                    remaining_seconds=max(0.0, _expected_runtime(task, st, infos, estimates, params) - elapsed),
-                    accelerators=st.plan.accelerators * pods,
-                    cpu=parse_quantity(st.plan.cpu or "0") * pods,
-                )
+            entry = Running(
+                key=SubtaskKey(task.metadata.namespace or "default", task.metadata.name, st.name),
+                class_name=st.plan.class_name,
+                remaining_seconds=max(0.0, _expected_runtime(task, st, infos, estimates, params) - elapsed),
+                accelerators=st.plan.accelerators * pods,
+                cpu=parse_quantity(st.plan.cpu or "0") * pods,
             )
+            if st.name in {s.name for s in task.spec.subtasks}:
+                demand = _running_demand(task, st, params)
+                entry = preemption.running_entry(task, st, entry, demand, _job_pods(work, task, st), now)
+            running.append(entry)
+        elif st.name in {s.name for s in task.spec.subtasks}:
+            stopping = preemption.stopping_entry(task, st, work.jobs.get(task_key_of(task), []))
+            if stopping is not None:
+                running.append(stopping)
     return demands, running
+
+
+def task_key_of(task: AITask) -> str:
+    return f"{task.metadata.namespace or 'default'}/{task.metadata.name}"
+
+
+def _job_pods(work: _Work, task: AITask, st: Any) -> list[PodView]:
+    return [p for p in work.pods.get(task_key_of(task), []) if p.job == st.job]
+
+
+def _running_demand(task: AITask, st: Any, params: CycleParams) -> Demand:
+    demand = snapshot.demand_for(
+        task,
+        task.spec.subtask(st.name),
+        max(1, st.attempts),
+        now=0.0,
+        default_time_weight=params.default_time_weight,
+        default_cost_weight=params.default_cost_weight,
+    )
+    current = st.history[-1] if st.history else None
+    if current is None or current.progress_start <= 0:
+        return demand
+    overhead = task.spec.subtask(st.name).preemption.resume_overhead_seconds
+    return snapshot.resumed(demand, current.progress_start, overhead, None)
 
 
 def snapshot_phase(
@@ -768,6 +795,10 @@ def decisions_phase(
             waits.append(Admitted(class_name=adm.class_name, waited_seconds=waited))
     for dfr in result.deferred:
         deferred.setdefault(queue.owner[dfr.key], []).append(dfr)
+    stopped: dict[str, list[Preemption]] = {}
+    for pre in result.preempted:
+        stopped.setdefault(f"{pre.key.namespace}/{pre.key.task}", []).append(pre)
+    done = preemption.done_fraction(queue.running)
     telemetry = Telemetry(usage=view.gpu_usage, state=view.telemetry, message=view.telemetry_message)
     pending: dict[str, int] = {}
     for key, prog in list(work.progresses.items()):
@@ -784,6 +815,7 @@ def decisions_phase(
                 ecs,
                 telemetry,
                 work.now,
+                preempted=[(p, done.get(p.key, 0.0)) for p in stopped.get(key, [])],
             )
             for cls_name in decision.pending_classes:
                 pending[cls_name] = pending.get(cls_name, 0) + 1

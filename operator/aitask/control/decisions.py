@@ -31,12 +31,12 @@ from aitask.api.v1alpha1 import (
 )
 from aitask.build.jobs import build_job
 from aitask.core import conditions as cond
-from aitask.core import progress
+from aitask.core import progress, resume
 from aitask.core.progress import EventSpec, Ready, TaskProgress
 from aitask.core.quantity import format_cpu, format_memory
 from aitask.core.reasons import ConditionType, Reason
 from aitask.core.scheduling import admit, limits
-from aitask.core.types import Admission, Deferral, Demand, Option, SubtaskKey
+from aitask.core.types import Admission, Deferral, Demand, Option, Preemption, SubtaskKey
 from aitask.core.usage import combine
 
 
@@ -251,13 +251,25 @@ def decide_task(
     ecs: Mapping[str, ExecutorClass],
     telemetry: Telemetry,
     now: datetime,
+    *,
+    preempted: Sequence[tuple[Preemption, float]] = (),
 ) -> TaskDecision:
-    """The task's next status after this cycle's admissions and deferrals, and its new Jobs."""
+    """The task's next status after this cycle's admissions, deferrals and preemptions, and its new Jobs.
+
+    ``preempted``: the running attempts the scheduler stops, with the fraction of the work done."""
     status = prog.status
     subs = {s.name: s for s in status.subtasks}
     creates: list[dict[str, Any]] = []
     events = list(prog.events)
     retries: list[Retry] = []
+    stopped: list[tuple[Attempt, float | None]] = []
+    for pre, done in preempted:
+        prev = subs.get(pre.key.subtask)
+        if prev is None or prev.phase != SubtaskPhase.RUNNING or not prev.history:
+            continue
+        subs[pre.key.subtask], attempt, event = resume.preempt_attempt(prev, pre, done, now)
+        stopped.append((attempt, prev.plan.estimated_cost if prev.plan else None))
+        events.append(EventSpec(*event))
     for adm in admissions:
         sub = ready[adm.key].subtask
         ec = ecs[adm.class_name]
@@ -324,5 +336,5 @@ def decide_task(
         retries=tuple(retries),
         pending_classes=tuple(pending),
         delete_jobs=tuple(delete),
-        finished=tuple(ended),
+        finished=(*ended, *stopped),
     )

@@ -30,6 +30,7 @@ from aitask.api.v1alpha1 import (
     TaskPhase,
 )
 from aitask.core import conditions as cond
+from aitask.core import resume
 from aitask.core.dag import critical_path
 from aitask.core.observed import JobView, PodView
 from aitask.core.reasons import ConditionType, Reason
@@ -199,6 +200,7 @@ def derive(
     ready: list[Ready] = []
     changed_while_running: list[str] = []
     out: dict[str, SubtaskStatus] = {}
+    held: set[str] = set()  # stopped attempts whose Job still ends: the next attempt waits for it
 
     # Topological order is not needed: one pass in spec order, then a pass for readiness.
     for sub in spec.subtasks:
@@ -241,6 +243,10 @@ def derive(
         if st.phase in _TERMINAL:
             out[sub.name] = _upd(st, history=sorted(history.values(), key=lambda a: a.number))
             continue
+        if st.phase != SubtaskPhase.RUNNING and (ending := _draining(sub, st, seen)) is not None:
+            held.add(sub.name)
+            if not ending.deleting:
+                delete.append(ending.name)  # a Preempted attempt's Job: the status was written first
 
         if st.phase == SubtaskPhase.RUNNING and st.attempts > 0:
             number = st.attempts
@@ -252,6 +258,10 @@ def derive(
                 if current is not None and not current.deleting:
                     delete.append(current.name)
                 attempt, st = _stopped(st, attempt, plan, stop, now)
+                if sub.preemption.allowed and stop.result == AttemptResult.SUSPENDED:
+                    reported = resume.reported_progress(pods_by_job.get(current.name, [])) if current else None
+                    done = resume.work_done(sub, attempt, plan, now, reported)
+                    attempt, st = _upd(attempt, progress=round(done, 6)), _upd(st, progress=round(done, 6))
             elif current is None:
                 admitted = attempt.start_time or st.start_time or now
                 if now - admitted > JOB_VISIBILITY_GRACE and (st.job or "") not in unseen:
@@ -280,7 +290,7 @@ def derive(
                         actual_seconds=secs,
                         actual_cost=cost,
                     )
-                    if not attempt.learned and secs is not None and current.class_name:
+                    if not attempt.learned and secs is not None and current.class_name and not attempt.progress_start:
                         observations.append(
                             Observation(
                                 profile=sub.effective_profile,
@@ -370,6 +380,8 @@ def derive(
             continue
         if st.phase == SubtaskPhase.BACKOFF and st.retry_after and now < st.retry_after:
             continue
+        if sub.name in held:
+            continue
         if stop is not None:  # suspended: ready, but nothing is admitted (a cancelled task skips it later)
             if stop.result == AttemptResult.SUSPENDED and (
                 st.phase != SubtaskPhase.QUEUED or st.message != SUSPENDED_MESSAGE
@@ -442,7 +454,14 @@ def start_attempt(
     prev: SubtaskStatus, sub: Subtask, number: int, *, job: str, plan: Plan, message: str, now: datetime
 ) -> SubtaskStatus:
     """Queued -> Running: the admitted attempt, recorded before its Job is known to exist."""
-    attempt = Attempt(number=number, job=job, class_name=plan.class_name, start_time=now, spec_hash=subtask_hash(sub))
+    attempt = Attempt(
+        number=number,
+        job=job,
+        class_name=plan.class_name,
+        start_time=now,
+        spec_hash=subtask_hash(sub),
+        progress_start=prev.progress,
+    )
     return _upd(
         prev,
         phase=SubtaskPhase.RUNNING,
@@ -532,6 +551,15 @@ def _stopped(
     if stop.result == AttemptResult.CANCELLED:
         return attempt, _upd(st, phase=SubtaskPhase.SKIPPED, nodes=[], finish_time=now, message=what)
     return attempt, _upd(st, phase=SubtaskPhase.QUEUED, nodes=[], ready_since=None, message=what)
+
+
+def _draining(sub: Subtask, st: SubtaskStatus, seen: Mapping[int, JobView]) -> JobView | None:
+    """The Job of a Preempted last attempt (or a Suspended one of a preemptible sub-task) still there."""
+    last = st.history[-1] if st.history else None
+    if last is None or (last.result == AttemptResult.SUSPENDED and not sub.preemption.allowed):
+        return None
+    job = resume.draining(st, dict(seen))
+    return job if isinstance(job, JobView) else None
 
 
 def _pending_since(job: JobView, pods: Sequence[PodView]) -> tuple[datetime, str, str] | None:
