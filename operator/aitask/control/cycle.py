@@ -75,6 +75,10 @@ class CycleParams:
     backoff_max_seconds: float = 300.0
     backoff_seconds: float = 10.0
     stuck_after_seconds: float = progress.STUCK_AFTER_SECONDS
+    preemption: bool = True
+    preempt_min_run_seconds: float = 600.0
+    preempt_factor: float = 2.0
+    migrate_factor: float = 1.5
     low_gpu_util_percent: float = 30.0
     policy: Policy = Policy.COST
 
@@ -930,7 +934,13 @@ def run_cycle(view: ClusterView, params: CycleParams, now: datetime, cache: Cycl
     snap, queue = snapshot_phase(view, work, infos, learning, params)
     snap = replace(snap, limits=limited.limits)
     sched_params = SchedulerParams(
-        policy=params.policy, ageing_seconds=params.ageing_seconds, low_gpu_util_percent=params.low_gpu_util_percent
+        policy=params.policy,
+        ageing_seconds=params.ageing_seconds,
+        low_gpu_util_percent=params.low_gpu_util_percent,
+        preemption=params.preemption,
+        preempt_min_run_seconds=params.preempt_min_run_seconds,
+        preempt_factor=params.preempt_factor,
+        migrate_factor=params.migrate_factor,
     )
     result = schedule_phase(snap, queue, work, sched_params)
     pending, waits = decisions_phase(view, work, result, queue, ecs)
