@@ -123,8 +123,9 @@ async def create_job(manifest: Mapping[str, Any]) -> bool:
 
 
 async def delete_job(namespace: str, name: str) -> None:
-    """Delete a Job and (in the background) its pods; a Job already gone is fine."""
-    body = kubernetes.client.V1DeleteOptions(propagation_policy="Background")
+    """Delete a Job once its pods are gone (foreground: the Job stays, deleting, while they end within their
+    grace period, so a stopped attempt's Job is there until its pods are; the next attempt waits); gone is fine."""
+    body = kubernetes.client.V1DeleteOptions(propagation_policy="Foreground")
     try:
         await _call("delete", "jobs", lambda: _client("batch").delete_namespaced_job(name, namespace, body=body))
     except ApiException as err:
