@@ -40,9 +40,8 @@ def running_entry(
     if not sub.preemption.allowed or current is None or st.plan is None:
         return base
     done = resume.work_done(sub, current, st.plan, now, resume.reported_progress(pods))
-    again = snapshot.resumed(
-        replace(demand, attempt=st.attempts + 1), done, sub.preemption.resume_overhead_seconds, None
-    )
+    overhead = sub.preemption.resume_overhead_seconds
+    again = snapshot.resumed(demand, done, overhead, None, attempt=st.attempts + 1)
     started = current.start_time or st.start_time or now
     count = max(1, len(st.plan.nodes))
     return replace(

@@ -26,6 +26,7 @@ from aitask.core import dag
 from aitask.core.costmodel import accelerator_resource, cost
 from aitask.core.estimator import Estimator, hint, observe
 from aitask.core.scheduler import schedule
+from aitask.core.scheduling.preempt import min_run_seconds
 from aitask.core.snapshot import demand_for, resumed
 from aitask.core.types import (
     MIGRATED,
@@ -269,6 +270,8 @@ class _Sim:
         self.migrations = 0
         self.running: dict[SubtaskKey, _Run] = {}
         self.stopping: dict[SubtaskKey, _Run] = {}
+        resources = {accelerator_resource(c) for c in classes.values() if c.kind == "gpu"}
+        self._resource = resources.pop() if len(resources) == 1 else ""  # "": never skip a cycle
         # Demands are reused across cycles, so their evaluations are too while nothing is learned.
         self.memo: dict[int, tuple[Demand, object]] | None = None if learn else {}
 
@@ -296,7 +299,7 @@ class _Sim:
                 next_arrival += 1
             active = [t for t in active if len(t.succeeded) < len(t.deps)]
             demands, owner = self._ready(active, now)
-            if not demands:
+            if not demands or not self._may_change(demands, now):
                 continue
             result = schedule(self._snapshot(now, demands), self.params)
             self.cycles += 1
@@ -312,6 +315,21 @@ class _Sim:
                     t, sub_name = owner[d.key]
                     self.unschedulable[f"{t.name}/{sub_name}"] = d.message
                 break
+
+    def _may_change(self, demands: Sequence[Demand], now: float) -> bool:
+        """Whether a cycle now could admit or stop anything: not when every demand needs accelerators,
+        no node has one free and no running work may be stopped yet (a saturated cluster between
+        completions). Skipping such a cycle changes no decision, only the time a simulation takes."""
+        if not self._resource or any(not d.accelerators or "gpu" not in d.kinds for d in demands):
+            return True
+        if any(book.get(self._resource, 0.0) >= 1.0 for book in self.free.values()):
+            return True
+        if not self.params.preemption:
+            return False
+        return any(
+            r.demand.preemptible and now - r.start >= min_run_seconds(self.params, r.task.stops.get(r.subtask, 0))
+            for r in self.running.values()
+        )
 
     def _finish(self, run: _Run) -> None:
         del self.running[run.admission.key]
@@ -425,12 +443,14 @@ class _Sim:
         estimated = current.estimate(r.demand, r.admission.class_name).seconds if current is not None else r.estimated
         adm = r.admission
         resume = None
-        if r.demand.preemptible and self.params.preemption and not stopping:
+        stops = r.task.stops.get(r.subtask, 0)
+        eligible = now - r.start >= min_run_seconds(self.params, stops)  # else never a victim: not built
+        if r.demand.preemptible and self.params.preemption and not stopping and eligible:
             # The scheduler's view of the work done: elapsed run time over its estimate of the whole work.
             whole = (estimated - r.switch) / max(1.0 - r.progress, _EPS)
             done = min(r.progress + max(0.0, now - r.start - r.switch) / max(whole, _EPS), 1.0)
             sub = r.task.task.spec.subtask(r.subtask).preemption
-            resume = resumed(replace(r.demand, attempt=r.demand.attempt + 1), done, sub.resume_overhead_seconds, None)
+            resume = resumed(r.demand, done, sub.resume_overhead_seconds, None, attempt=r.demand.attempt + 1)
         return Running(
             key=adm.key,
             class_name=adm.class_name,
@@ -443,7 +463,7 @@ class _Sim:
             started=r.start,
             grace_seconds=float(r.task.task.spec.subtask(r.subtask).preemption.grace_period_seconds),
             stopping=stopping,
-            preemptions=r.task.stops.get(r.subtask, 0),
+            preemptions=stops,
         )
 
     def _start(self, adm: Admission, owned: tuple[_Task, str], now: float) -> None:

@@ -107,6 +107,12 @@ class _View:
             out.append(best)
         return out
 
+    def has_room(self, class_name: str) -> bool:
+        """Whether some node of the class has a free unit (accelerator, or core on a CPU pool)."""
+        cls = self.classes[class_name]
+        unit = accelerator_resource(cls) if cls.kind == "gpu" else "cpu"
+        return any(self.free[n].get(unit, 0.0) >= 1.0 - _EPS for n in self.members.get(class_name, ()))
+
     def take(self, class_name: str, choice: Choice, nodes: Sequence[str]) -> None:
         accelerators, cpu, memory = choice.request
         resource = accelerator_resource(self.classes[class_name])
@@ -140,7 +146,12 @@ def _view(snapshot: Snapshot, result: CycleResult) -> _View:
 
 def min_run(params: SchedulerParams, item: Running) -> float:
     """Hysteresis: how long the attempt must have run before it may be stopped."""
-    return params.preempt_min_run_seconds * 2.0 ** min(item.preemptions, 30)
+    return min_run_seconds(params, item.preemptions)
+
+
+def min_run_seconds(params: SchedulerParams, stops: int) -> float:
+    """The minimum run time after ``stops`` earlier stops: doubled for each."""
+    return params.preempt_min_run_seconds * 2.0 ** min(stops, 30)
 
 
 def _attained(d: Demand, seconds_left: float) -> float:
@@ -221,7 +232,12 @@ def _migrations(
     victims: Mapping[str, list[_Victim]],
 ) -> list[Preemption]:
     moves: list[tuple[float, _Victim, Choice]] = []
+    roomy = {c for c in view.classes if view.has_room(c)}
+    if not roomy:
+        return []  # a full cluster: no move can start now, and no victim need be evaluated
     for class_name, items in victims.items():
+        if not roomy - {class_name}:
+            continue
         for v in items:
             if v.item.stopping:
                 continue
