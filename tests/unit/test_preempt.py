@@ -166,3 +166,66 @@ def test_attained_order_stops_the_job_that_ran_longest() -> None:
                running("default/b/train", ["v1"], left=90_000.0, ran=5_000.0)]
     result = cycle([newcomer()], [busy("v0", "v100"), busy("v1", "v100")], victims, preempt_order="attained")
     assert [p.key.task for p in result.preempted] == ["a"]
+
+
+def test_the_full_cluster_shortcut_makes_the_same_preemptions() -> None:
+    from aitask.core.scheduler import preemptions_when_full
+
+    demands = (newcomer(),)
+    nodes = (busy("v0", "v100"), busy("v1", "v100"))
+    victims = (running("default/a/train", ["v0"], left=50_000.0), running("default/b/train", ["v1"]))
+    snap = Snapshot(now=NOW, classes=CLASSES, nodes=nodes, demands=demands, running=victims)
+    full = preemptions_when_full(snap, SchedulerParams())
+    assert full.preempted == schedule(snap, SchedulerParams()).preempted
+    assert [p.key.task for p in full.preempted] == ["b"]
+    assert full.admitted == ()
+
+
+# --------------------------------------------------------------------------- the simulator
+
+
+def _trace(learn_units: bool = False) -> list[object]:
+    from aitask.api import v1alpha1 as api
+
+    def doc(name: str, after: float, seconds: float, units: float) -> api.AITask:
+        sub: dict[str, object] = {
+            "name": "train", "type": "training", "image": f"r/{name}:1",
+            "executor": {"accelerators": 4, "cpu": "1", "memory": "1Gi", "classes": ["v100"]},
+            "estimate": {"secondsByClass": {"v100": seconds}},
+            "preemption": {"allowed": True, "gracePeriodSeconds": 120, "resumeOverheadSeconds": 60},
+        }
+        if learn_units:
+            sub["work"] = {"units": units}
+        return api.AITask.model_validate({
+            "apiVersion": api.API_VERSION, "kind": "AITask",
+            "metadata": {"name": name, "namespace": "default",
+                         "annotations": {"aitask.dev/submit-after-seconds": str(after)}},
+            "spec": {"subtasks": [sub]},
+        })
+
+    return [doc("long", 0, 100_000, 100), doc("short", 1000, 600, 1)]
+
+
+def test_simulated_preemption_carries_the_work_over_and_pays_grace_and_overhead() -> None:
+    from aitask.core.simulator import simulate
+
+    nodes = (make_node_info("v0", ["v100"], gpus=4),)
+    result = simulate(CLASSES, nodes, _trace(), params=SchedulerParams())  # type: ignore[arg-type]
+    assert (result.preemptions, result.migrations) == (1, 0)
+    # short: waits for the grace period, then runs; long: 1,000 s done, stopped (120 s), waits for
+    # short (600 s), then the 99,000 s left plus the 60 s overhead.
+    assert result.completion_seconds["short"] == pytest.approx(120 + 600)
+    assert result.completion_seconds["long"] == pytest.approx(1000 + 120 + 600 + 60 + 99_000)
+    [stopped] = [p for p in result.placements if p.preempted]
+    assert (stopped.task, stopped.start, stopped.end) == ("long", 0.0, 1120.0)
+    off = simulate(CLASSES, nodes, _trace(), params=SchedulerParams(preemption=False))  # type: ignore[arg-type]
+    assert off.preemptions == 0 and off.completion_seconds["short"] == pytest.approx(99_000 + 600)
+
+
+def test_a_resumed_attempt_is_not_learned() -> None:
+    from aitask.core.simulator import simulate
+
+    nodes = (make_node_info("v0", ["v100"], gpus=4),)
+    result = simulate(CLASSES, nodes, _trace(learn_units=True), params=SchedulerParams(), learn=True)  # type: ignore[arg-type]
+    assert result.preemptions == 1
+    assert [o.profile for o in result.observations] == ["r/short"]

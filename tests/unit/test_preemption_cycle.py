@@ -29,7 +29,8 @@ def long_step(preemption: dict[str, Any] | None = PREEMPTIBLE) -> dict[str, Any]
     return step
 
 
-SHORT = {"name": "train", "type": "training", "image": "r/short:1", "executor": {"accelerators": 1, "classes": ["fast"]},
+SHORT = {"name": "train", "type": "training", "image": "r/short:1",
+         "executor": {"accelerators": 1, "classes": ["fast"]},
          "estimate": {"seconds": 600, "onClass": "fast"}}
 
 

@@ -289,6 +289,20 @@ class _Cycle:
         return admit.admission(d, choice, [self.books.names[i] for i in placed], options)
 
 
+def preemptions_when_full(snapshot: Snapshot, params: SchedulerParams) -> CycleResult:
+    """``schedule`` for a cycle in which nothing can be admitted (the caller knows that no node has a
+    free accelerator, every demand needs one and no limit applies): every demand waits, and only the
+    preemption decision is computed (``aitask simulate`` on a saturated cluster). Its preemptions are
+    those ``schedule`` would make; its deferrals carry no report."""
+    cycle = _Cycle(snapshot, params)
+    waiting = frozenset(d.key for d in snapshot.demands)
+    if not (params.preemption and params.policy == Policy.COST):
+        return CycleResult(admitted=(), deferred=())
+    return CycleResult(
+        admitted=(), deferred=(), preempted=preempt.choose(snapshot, params, None, cycle.evaluator, waiting=waiting)
+    )
+
+
 def schedule(snapshot: Snapshot, params: SchedulerParams) -> CycleResult:
     """Decide which ready demands start now, on which class and nodes, and why the rest wait.
 

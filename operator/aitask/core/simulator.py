@@ -25,7 +25,7 @@ from aitask.api import v1alpha1 as api
 from aitask.core import dag
 from aitask.core.costmodel import accelerator_resource, cost
 from aitask.core.estimator import Estimator, hint, observe
-from aitask.core.scheduler import schedule
+from aitask.core.scheduler import preemptions_when_full, schedule
 from aitask.core.scheduling.preempt import min_run_seconds
 from aitask.core.snapshot import demand_for, resumed
 from aitask.core.types import (
@@ -250,6 +250,10 @@ class _Sim:
         told: Callable[[Demand], Demand] | None,
     ) -> None:
         self.classes = classes
+        if len(classes) <= params.plan_candidates:
+            # The placements need only the chosen option; with every class on the cost policy's
+            # shortlist either way, reporting no alternatives changes no decision, only the time.
+            params = replace(params, max_alternatives=0)
         self.params = params
         self.learn = learn
         self.learning_rate = learning_rate
@@ -301,7 +305,9 @@ class _Sim:
             demands, owner = self._ready(active, now)
             if not demands or not self._may_change(demands, now):
                 continue
-            result = schedule(self._snapshot(now, demands), self.params)
+            snapshot = self._snapshot(now, demands)
+            full = self._resource and not self._room() and all(d.accelerators and "gpu" in d.kinds for d in demands)
+            result = preemptions_when_full(snapshot, self.params) if full else schedule(snapshot, self.params)
             self.cycles += 1
             for adm in result.admitted:
                 self._start(adm, owner[adm.key], now)
@@ -316,13 +322,16 @@ class _Sim:
                     self.unschedulable[f"{t.name}/{sub_name}"] = d.message
                 break
 
+    def _room(self) -> bool:
+        return any(book.get(self._resource, 0.0) >= 1.0 for book in self.free.values())
+
     def _may_change(self, demands: Sequence[Demand], now: float) -> bool:
         """Whether a cycle now could admit or stop anything: not when every demand needs accelerators,
         no node has one free and no running work may be stopped yet (a saturated cluster between
         completions). Skipping such a cycle changes no decision, only the time a simulation takes."""
         if not self._resource or any(not d.accelerators or "gpu" not in d.kinds for d in demands):
             return True
-        if any(book.get(self._resource, 0.0) >= 1.0 for book in self.free.values()):
+        if self._room():
             return True
         if not self.params.preemption:
             return False

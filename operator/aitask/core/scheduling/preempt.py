@@ -45,6 +45,7 @@ from aitask.core.types import (
     Running,
     SchedulerParams,
     Snapshot,
+    SubtaskKey,
 )
 
 _EPS = 1e-9
@@ -123,14 +124,14 @@ class _View:
             book["memory"] = book.get("memory", 0.0) - memory
 
 
-def _view(snapshot: Snapshot, result: CycleResult) -> _View:
+def _view(snapshot: Snapshot, result: CycleResult | None) -> _View:
     nodes: Sequence[NodeInfo] = [n for n in snapshot.nodes if n.schedulable]
     view = _View(snapshot.classes, {n.name: dict(n.free) for n in nodes})
     for n in nodes:
         for c in n.classes:
             if c in snapshot.classes:
                 view.members.setdefault(c, []).append(n.name)
-    for adm in result.admitted:
+    for adm in result.admitted if result is not None else ():
         resource = accelerator_resource(snapshot.classes[adm.class_name])
         for node in adm.nodes:
             book = view.free.get(node)
@@ -276,26 +277,45 @@ def _migrations(
     return out
 
 
+def _best_ratio(
+    d: Demand, feasible: Sequence[Choice], params: SchedulerParams, memo: dict[int, tuple[Demand, object]] | None
+) -> float:
+    """The demand's highest ratio over its classes (it depends on the demand alone: kept in the memo)."""
+    key = -1 - id(d)  # beside the evaluations, which are keyed by id(d) >= 0
+    hit = memo.get(key) if memo is not None else None
+    if hit is not None and hit[0] is d and isinstance(hit[1], tuple) and hit[1][0] == params.preempt_order:
+        return float(hit[1][1])
+    best = max(_ratio(params.preempt_order, d, c.units, c.runtime, attained=_attained(d, c.runtime)) for c in feasible)
+    if memo is not None:
+        memo[key] = (d, (params.preempt_order, best))
+    return best
+
+
 def choose(
-    snapshot: Snapshot, params: SchedulerParams, result: CycleResult, evaluator: Evaluator
+    snapshot: Snapshot,
+    params: SchedulerParams,
+    result: CycleResult | None,
+    evaluator: Evaluator,
+    *,
+    waiting: frozenset[SubtaskKey] | None = None,
 ) -> tuple[Preemption, ...]:
-    """The preemptions of this cycle: victims for the deferred demands, then migrations."""
+    """The preemptions of this cycle: victims for the deferred demands, then migrations.
+
+    ``result`` is the cycle's admissions and deferrals; ``waiting``, when given, names the demands
+    that wait for capacity instead (a cycle known to admit nothing)."""
     victims = _victims(snapshot, params)
     if not victims:
         return ()
     view = _view(snapshot, result)
-    waiting = {d.key for d in result.deferred if d.reason in _CAPACITY}
+    if waiting is None:
+        waiting = frozenset(d.key for d in result.deferred if d.reason in _CAPACITY) if result else frozenset()
     candidates: list[tuple[float, Demand, tuple[Choice, ...]]] = []
     for d in snapshot.demands:
         if d.key not in waiting:
             continue
         feasible = evaluator.evaluate(d).feasible
-        if not feasible:
-            continue
-        best = max(
-            _ratio(params.preempt_order, d, c.units, c.runtime, attained=_attained(d, c.runtime)) for c in feasible
-        )
-        candidates.append((best, d, feasible))
+        if feasible:
+            candidates.append((_best_ratio(d, feasible, params, snapshot.memo), d, feasible))
     floor = min(v.ratio for items in victims.values() for v in items)
     candidates.sort(key=lambda c: (-c[0], str(c[1].key)))
     out: list[Preemption] = []
