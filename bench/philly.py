@@ -114,3 +114,26 @@ def aitasks(jobs: Sequence[TraceJob], preemption: Mapping[str, Any] | None = Non
 def no_wait_bound(jobs: Sequence[TraceJob]) -> float:
     """Average completion if every job ran alone on its fastest GPU at once (a lower bound)."""
     return sum(j.best for j in jobs) / len(jobs)
+
+
+def write_files(trace: str, per_type: int, out: Path, preemption: Mapping[str, Any] | None) -> tuple[Path, Path]:
+    """The trace as the two files of ``aitask simulate CLUSTER WORKLOAD`` (for timing the CLI)."""
+    import yaml
+
+    jobs, _ = load(TRACES / trace)
+    out.mkdir(parents=True, exist_ok=True)
+    cluster_file, workload_file = out / "cluster.yaml", out / "workload.yaml"
+    cluster_file.write_text(yaml.safe_dump_all(philly_cluster(per_type).docs))
+    workload_file.write_text(yaml.safe_dump_all([aitask_doc(j, preemption) for j in jobs]))
+    return cluster_file, workload_file
+
+
+if __name__ == "__main__":
+    import sys
+
+    # python bench/philly.py TRACE GPUS_PER_TYPE OUT_DIR [OVERHEAD_SECONDS]: write the simulate files
+    grace = sys.argv[4] if len(sys.argv) > 4 else None
+    pre = None
+    if grace is not None:
+        pre = {"allowed": True, "gracePeriodSeconds": int(grace), "resumeOverheadSeconds": float(grace)}
+    print(*write_files(sys.argv[1], int(sys.argv[2]), Path(sys.argv[3]), pre))
