@@ -25,11 +25,13 @@ Run: ``.venv/bin/python bench/preemption.py [--quick] [--jobs N]``; exits 1 when
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import philly
@@ -91,6 +93,9 @@ def main() -> int:
     parser.add_argument("--jobs", type=int, default=None, help="first N jobs of each trace")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--traces", nargs="*", default=None)
+    parser.add_argument("--las", nargs="*", default=["vc-e13805.tsv"],
+                        help="traces on which the least-attained-service variant is also run")
+    parser.add_argument("--cache", default=None, help="JSON lines of finished runs: read, skipped, appended to")
     opts = parser.parse_args()
     traces = opts.traces or sorted(p.name for p in philly.TRACES.glob("*.tsv"))
     runs: list[tuple[str, int, str, float, int | None]] = []
@@ -99,14 +104,23 @@ def main() -> int:
             for variant in ("cost", "fifo", "agnostic", "ordered"):
                 runs.append((trace, size, variant, 0.0, opts.jobs))
             runs.extend((trace, size, "preempt", o, opts.jobs) for o in OVERHEADS)
-            runs.append((trace, size, "preempt-las", 60.0, opts.jobs))
-    runs.sort(key=lambda r: -philly.TRACES.joinpath(r[0]).stat().st_size)  # longest first
-    results = []
+            if trace in opts.las:
+                runs.append((trace, size, "preempt-las", 60.0, opts.jobs))
+    runs.sort(key=lambda r: philly.TRACES.joinpath(r[0]).stat().st_size)  # shortest trace first
+    results: list[dict[str, Any]] = []
+    cache = Path(opts.cache) if opts.cache else None
+    if cache is not None and cache.exists():
+        results = [json.loads(line) for line in cache.read_text().splitlines() if line.strip()]
+        seen = {(r["trace"], r["size"], r["variant"], r["overhead"]) for r in results}
+        runs = [r for r in runs if r[:4] not in seen]
     with ProcessPoolExecutor(max_workers=opts.workers) as pool:
         futures = [pool.submit(run_one, r) for r in runs]
         for done in as_completed(futures):
             r = done.result()
             results.append(r)
+            if cache is not None:
+                with cache.open("a") as f:
+                    f.write(json.dumps(r) + "\n")
             print(f"  [{len(results)}/{len(runs)}] {r['trace']} {3 * r['size']} GPUs {r['variant']} "
                   f"{r['overhead']:.0f}s: "
                   f"JCT {r['jct'] / 3600:.1f} h, switches/job {r['switches']:.2f}, {r['seconds']:.0f} s",
@@ -122,7 +136,7 @@ def main() -> int:
             c = by[(trace, size, "cost", 0.0)]
             f, a, o = (by[(trace, size, v, 0.0)] for v in ("fifo", "agnostic", "ordered"))
             p0, p60, p300 = (by[(trace, size, "preempt", x)] for x in OVERHEADS)
-            las = by[(trace, size, "preempt-las", 60.0)]
+            las = by.get((trace, size, "preempt-las", 60.0), {"jct": float("nan")})
             ratio = p60["jct"] / c["jct"]
             waiting = c["jct"] >= 2 * c["bound"]
             target = ratio <= 0.5 and p60["switches"] <= 5 if waiting else True
