@@ -67,7 +67,7 @@ gantt: ## redraw docs/img/simulate-gantt.png from `aitask simulate` on the sampl
 
 .PHONY: bench
 bench: ## run the benchmarks (ratios measured in one run)
-	for b in quality heterogeneity learning speed; do $(PY) bench/$$b.py || exit 1; done
+	for b in quality heterogeneity learning speed preemption; do $(PY) bench/$$b.py || exit 1; done
 
 SCALE_ARGS ?=
 .PHONY: scale

@@ -40,7 +40,7 @@ REGISTRY = CollectorRegistry(auto_describe=True)
 
 #: Values of the ``result`` label of ``aitask_subtask_attempts_total``.
 ATTEMPT_RESULTS = frozenset(
-    {"succeeded", "failed", "oom_killed", "deadline_exceeded", "stuck", "cancelled", "suspended", "other"}
+    {"succeeded", "failed", "oom_killed", "deadline_exceeded", "stuck", "cancelled", "suspended", "preempted", "other"}
 )
 
 #: Values of the ``reason`` label of ``aitask_subtask_retries_total``.

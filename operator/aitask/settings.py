@@ -41,6 +41,20 @@ class OperatorSettings(BaseSettings):
         description="A running attempt with a pod Pending this long (unschedulable, image-pull back-off, ...), "
         "or a Job this long without a pod, is stuck: its Job is deleted and the sub-task retried.",
     )
+    preemption: bool = Field(
+        True,
+        description="Stop running sub-tasks that opted in (preemption.allowed) for work of a higher ratio, "
+        "or to move them to a faster class that is free (core.scheduling.preempt).",
+    )
+    preempt_min_run_seconds: float = Field(
+        600.0, ge=0, description="An attempt runs this long before it may be preempted (doubled per earlier stop)."
+    )
+    preempt_factor: float = Field(
+        2.0, ge=1, description="A demand's ratio must beat the running work's this many times to stop it."
+    )
+    migrate_factor: float = Field(
+        1.5, ge=1, description="A move to a faster free class must cut the remaining time this many times."
+    )
     metrics_port: int = Field(8080, ge=0, le=65535, description="Port of /metrics and /healthz (0 disables).")
     metrics_host: str = Field("0.0.0.0", description="Bind address of the metrics server.")  # noqa: S104
     prometheus_url: str = Field("", description="Prometheus base URL for GPU feedback; empty disables it.")

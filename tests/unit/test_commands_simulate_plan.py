@@ -62,7 +62,7 @@ def test_simulate_json(files: tuple[Path, Path], policy: str, capsys: pytest.Cap
     doc = json.loads(capsys.readouterr().out)
     assert list(doc) == [
         "policy", "tasks", "avg_completion_seconds", "weighted_avg_completion_seconds",
-        "makespan_seconds", "total_cost", "placements",
+        "makespan_seconds", "total_cost", "placements", "preemptions", "migrations",
     ]
     assert doc["policy"] == policy
     assert doc["tasks"] == 2

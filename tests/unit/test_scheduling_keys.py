@@ -34,6 +34,8 @@ CHANGED: dict[str, Any] = {
     "estimate_on_class": "v100",
     "estimate_by_class": {"v100": 60.0},
     "subtask_type": "inference",
+    "remaining": 0.5,
+    "switch_seconds": 60.0,
 }
 
 
@@ -68,6 +70,7 @@ def test_ignored_fields_do_not_change_the_key(name: str) -> None:
         "completions": 9,
         "ready_since": -50.0,
         "arrival": -70.0,
+        "preemptible": True,
     }[name]
     assert evaluation_key(replace(demand, **{name: value})) == evaluation_key(demand)
 

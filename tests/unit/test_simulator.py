@@ -56,7 +56,7 @@ def test_json_document_has_exactly_the_stable_keys() -> None:
                    params=SchedulerParams()).to_json()
     assert list(doc) == [
         "policy", "tasks", "avg_completion_seconds", "weighted_avg_completion_seconds",
-        "makespan_seconds", "total_cost", "placements",
+        "makespan_seconds", "total_cost", "placements", "preemptions", "migrations",
     ]
     assert doc["policy"] == "cost"
     assert doc["tasks"] == 2

@@ -168,8 +168,9 @@ async def create_claim(manifest: Mapping[str, Any]) -> bool:
 
 
 async def delete_job(namespace: str, name: str) -> None:
-    """Delete a Job and (in the background) its pods; a Job already gone is fine."""
-    body = {"apiVersion": "v1", "kind": "DeleteOptions", "propagationPolicy": "Background"}
+    """Delete a Job once its pods are gone (foreground: the Job stays, deleting, while they end within their
+    grace period, so a stopped attempt's Job is there until its pods are; the next attempt waits); gone is fine."""
+    body = {"apiVersion": "v1", "kind": "DeleteOptions", "propagationPolicy": "Foreground"}
     path = f"/apis/batch/v1/namespaces/{namespace}/jobs/{name}"
     try:
         await _call("delete", "jobs", lambda: send("DELETE", path, body))

@@ -475,6 +475,20 @@ class Workspace(Model):
         return self
 
 
+class Preemption(Model):
+    """Opt-in: the operator may stop this sub-task (its Job deleted, pods get the grace period to
+    checkpoint) to make room for work of a higher ratio, or to move it to a faster class, and
+    start it again later; the work done carries over (core.scheduling.preempt)."""
+
+    allowed: bool = Field(False, description="The sub-task checkpoints and may be stopped and resumed.")
+    grace_period_seconds: int = Field(
+        120, ge=0, le=3600, description="Seconds its pods get between SIGTERM and SIGKILL to write a checkpoint."
+    )
+    resume_overhead_seconds: float = Field(
+        60.0, ge=0, le=MAX_SECONDS, description="Seconds a resumed attempt spends before it makes progress again."
+    )
+
+
 class Subtask(Model):
     """One step of the pipeline: one child Job per attempt."""
 
@@ -509,6 +523,7 @@ class Subtask(Model):
         None, ge=1, le=MAX_SECONDS, description="activeDeadlineSeconds of each attempt (at most ten years)."
     )
     pod_metadata: PodMetadata = Field(default_factory=PodMetadata)
+    preemption: Preemption = Field(default_factory=Preemption, description="Whether it may be preempted, and how.")
     variants: list[Variant] = Field(
         default_factory=list,
         max_length=MAX_VARIANTS,
@@ -733,6 +748,7 @@ class AttemptResult(StrEnum):
     STUCK = "Stuck"  # its pods could not be created or stayed Pending past AITASK_STUCK_AFTER_SECONDS
     CANCELLED = "Cancelled"
     SUSPENDED = "Suspended"  # stopped by spec.suspend: not a failure, the sub-task resumes with a new attempt
+    PREEMPTED = "Preempted"  # stopped by the scheduler (preemption or migration): not a failure, resumed later
 
     @property
     def label(self) -> str:
@@ -741,7 +757,12 @@ class AttemptResult(StrEnum):
 
     @property
     def is_failure(self) -> bool:
-        return self not in (AttemptResult.RUNNING, AttemptResult.SUCCEEDED, AttemptResult.SUSPENDED)
+        return self not in (
+            AttemptResult.RUNNING,
+            AttemptResult.SUCCEEDED,
+            AttemptResult.SUSPENDED,
+            AttemptResult.PREEMPTED,
+        )
 
 
 class Attempt(StatusModel):
@@ -752,7 +773,8 @@ class Attempt(StatusModel):
         AttemptResult.RUNNING,
         description="Running, Succeeded, Failed, OOMKilled, DeadlineExceeded, Stuck (its pods were not created or "
         "stayed Pending too long; the Job was deleted), Cancelled (stopped because the task failed or was "
-        "cancelled) or Suspended (stopped by spec.suspend; not a failure); a pod lost with its node is replaced by "
+        "cancelled), Suspended (stopped by spec.suspend; not a failure) or Preempted (stopped by the scheduler for "
+        "other work or a faster class; not a failure); a pod lost with its node is replaced by "
         "the Job, not an attempt result.",
     )
     exit_code: int | None = Field(None, description="Exit code of the failed container, if any.")
@@ -764,6 +786,14 @@ class Attempt(StatusModel):
     spec_hash: str = Field("", description="Fingerprint of the sub-task spec it ran with.")
     variant: str = Field("", description="The variant (model) it ran, when the sub-task lists variants.")
     learned: bool = Field(False, description="Whether its runtime was folded into the class's learned estimates.")
+    progress_start: float = Field(0.0, ge=0, le=1, description="Fraction of the work done before it started.")
+    progress: float | None = Field(
+        None, ge=0, le=1, description="Fraction of the work done when it stopped (Suspended or Preempted attempts)."
+    )
+    preempted_by: str | None = Field(
+        None, description="The sub-task (namespace/task/subtask) it was preempted for; empty for a migration."
+    )
+    moved_to: str | None = Field(None, description="After a migration: the class the next attempt runs on.")
 
 
 class SubtaskMetrics(StatusModel):
@@ -792,6 +822,9 @@ class SubtaskStatus(StatusModel):
     message: str = Field("", description="What is happening, for people.")
     plan: Plan | None = Field(None, description="Where the cost model placed (or would place) the current attempt.")
     history: list[Attempt] = Field(default_factory=list, description="Every attempt, oldest first.")
+    progress: float = Field(
+        0.0, ge=0, le=1, description="Fraction of the work done by its stopped (Preempted, Suspended) attempts."
+    )
     metrics: SubtaskMetrics | None = Field(None, description="GPU use sampled while it ran.")
 
 

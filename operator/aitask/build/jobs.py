@@ -136,8 +136,11 @@ def _pod_spec(
         pod_spec["imagePullSecrets"] = [s.wire() for s in template.image_pull_secrets]
     if template.priority_class_name:
         pod_spec["priorityClassName"] = template.priority_class_name
-    if template.termination_grace_period_seconds is not None:
-        pod_spec["terminationGracePeriodSeconds"] = template.termination_grace_period_seconds
+    grace = template.termination_grace_period_seconds
+    if sub.preemption.allowed:  # the pods checkpoint within it when the attempt is preempted
+        grace = max(grace or 0, sub.preemption.grace_period_seconds)
+    if grace is not None:
+        pod_spec["terminationGracePeriodSeconds"] = grace
     if sub.volumes:
         pod_spec["volumes"] = list(sub.volumes)
     return pod_spec

@@ -43,6 +43,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
     parser.add_argument("--ageing-seconds", type=float, default=600.0, help="waiting this long doubles a weight")
     parser.add_argument("--time-weight", type=float, default=1.0, help="default alpha for tasks that set none")
     parser.add_argument("--cost-weight", type=float, default=0.0, help="default beta for tasks that set none")
+    parser.add_argument(
+        "--no-preemption",
+        action="store_true",
+        help="never stop running work (sub-tasks with preemption.allowed run to the end, as non-preemptible ones do)",
+    )
+    parser.add_argument(
+        "--preempt-order",
+        choices=["remaining", "attained"],
+        default="remaining",
+        help="who is stopped for whom: weighted shortest remaining time (default) or least attained service",
+    )
     parser.set_defaults(func=run)
 
 
@@ -55,7 +66,12 @@ def run(args: argparse.Namespace) -> int:
         return 2
     classes = {ec.metadata.name: class_info(ec) for ec in executor_classes}
     nodes = [n for n in (node_info(doc, classes, {}) for doc in node_docs) if n is not None]
-    params = SchedulerParams(policy=Policy(args.policy), ageing_seconds=args.ageing_seconds)
+    params = SchedulerParams(
+        policy=Policy(args.policy),
+        ageing_seconds=args.ageing_seconds,
+        preemption=not args.no_preemption,
+        preempt_order=args.preempt_order,
+    )
     try:
         result = simulate(
             classes,
@@ -89,7 +105,8 @@ def write_table(result: SimResult, out: TextIO) -> None:
     out.write(f"weighted avg completion:   {result.weighted_avg_completion_seconds:.1f} s\n")
     out.write(f"makespan:                  {result.makespan_seconds:.1f} s\n")
     out.write(f"total cost:                {result.total_cost:.2f}\n")
-    out.write(f"scheduling cycles:         {result.cycles}\n\n")
+    out.write(f"scheduling cycles:         {result.cycles}\n")
+    out.write(f"preemptions, migrations:   {result.preemptions}, {result.migrations}\n\n")
     rows = [("TASK", "SUBTASK", "CLASS", "NODE", "START", "END")]
     rows += [
         (

@@ -37,6 +37,7 @@ from aitask.api.v1alpha1 import (
     TaskPhase,
 )
 from aitask.build import workspace
+from aitask.control import preemption
 from aitask.control.decisions import Retry, Telemetry, decide_task, wire
 from aitask.control.limits import InPlay, limits_phase
 from aitask.core import conditions as cond
@@ -55,6 +56,7 @@ from aitask.core.types import (
     Demand,
     NodeInfo,
     Policy,
+    Preemption,
     Running,
     SchedulerParams,
     Snapshot,
@@ -74,6 +76,10 @@ class CycleParams:
     backoff_max_seconds: float = 300.0
     backoff_seconds: float = 10.0
     stuck_after_seconds: float = progress.STUCK_AFTER_SECONDS
+    preemption: bool = True
+    preempt_min_run_seconds: float = 600.0
+    preempt_factor: float = 2.0
+    migrate_factor: float = 1.5
     low_gpu_util_percent: float = 30.0
     policy: Policy = Policy.COST
     # Kueue mode: the LocalQueue of a task without spec.queueName; None runs without Kueue.
@@ -353,6 +359,7 @@ class _Work:
     tasks: dict[str, AITask] = field(default_factory=dict)
     jobs: dict[str, list[JobView]] = field(default_factory=dict)
     progresses: dict[str, TaskProgress] = field(default_factory=dict)
+    pods: dict[str, list[PodView]] = field(default_factory=dict)  # the task's Jobs' pods (progress reports)
     outcomes: list[TaskOutcome] = field(default_factory=list)
     phases: dict[tuple[str, str], int] = field(default_factory=dict)
     errors: list[Isolated] = field(default_factory=list)
@@ -475,6 +482,7 @@ def progress_phase(
     for key, task in list(work.tasks.items()):
         tjobs = work.jobs.get(key, [])
         tpods = [p for j in tjobs for p in pods_by_job.get(f"{j.namespace}/{j.name}", [])]
+        work.pods[key] = tpods
 
         def step(
             key: str = key, task: AITask = task, tjobs: list[JobView] = tjobs, tpods: list[PodView] = tpods
@@ -630,15 +638,7 @@ def _expected_runtime(
     plan = st.plan
     if plan.class_name not in infos or st.name not in {s.name for s in task.spec.subtasks}:
         return float(plan.estimated_seconds)
-    demand = snapshot.demand_for(
-        task,
-        variants.for_attempt(task.spec.subtask(st.name), plan.variant),
-        max(1, st.attempts),
-        now=0.0,
-        default_time_weight=params.default_time_weight,
-        default_cost_weight=params.default_cost_weight,
-    )
-    return estimates.estimate(demand, plan.class_name).seconds
+    return estimates.estimate(_running_demand(task, st, params), plan.class_name).seconds
 
 
 def _parallelism(task: AITask, name: str) -> int:
@@ -683,6 +683,7 @@ def _task_queue(
             excluded=r.excluded_classes,
             avoided=r.avoided_classes,
         )
+        demand = preemption.resumed_demand(task, prog.status.subtask(r.subtask.name), demand)
         for name in infos:  # every figure the scheduler will compute must be a number
             seconds = estimates.estimate(demand, name).seconds
             if not 0.0 <= seconds < float("inf"):
@@ -701,16 +702,23 @@ def _task_queue(
             elapsed = (now - started).total_seconds() if started else 0.0
             # Pods it runs at once: one planned node each; a Job handed to Kueue has none planned.
             pods = max(1, len(st.plan.nodes) or _parallelism(task, st.name))
-            running.append(
-                Running(
-                    key=SubtaskKey(task.metadata.namespace or "default", task.metadata.name, st.name),
-                    class_name=st.plan.class_name,
-                    remaining_seconds=max(0.0, expected[st.name] - elapsed),
-                    accelerators=st.plan.accelerators * pods,
-                    cpu=parse_quantity(st.plan.cpu or "0") * pods,
-                    queued=waiting,
-                )
+            entry = Running(
+                key=SubtaskKey(task.metadata.namespace or "default", task.metadata.name, st.name),
+                class_name=st.plan.class_name,
+                remaining_seconds=max(0.0, expected[st.name] - elapsed),
+                accelerators=st.plan.accelerators * pods,
+                cpu=parse_quantity(st.plan.cpu or "0") * pods,
+                queued=waiting,
             )
+            names = {s.name for s in task.spec.subtasks}
+            if st.name in names and task.spec.subtask(st.name).preemption.allowed:
+                demand = _running_demand(task, st, params)
+                entry = preemption.running_entry(task, st, entry, demand, _job_pods(work, task, st), now)
+            running.append(entry)
+        elif st.name in {s.name for s in task.spec.subtasks}:
+            stopping = preemption.stopping_entry(task, st, work.jobs.get(task_key_of(task), []))
+            if stopping is not None:
+                running.append(stopping)
     return demands, running
 
 
@@ -739,6 +747,31 @@ def _expected_runtimes(
     if expected_cache is not None:
         expected_cache[0][task.key] = (prog, expected_cache[1], out)
     return out
+
+
+def task_key_of(task: AITask) -> str:
+    return f"{task.metadata.namespace or 'default'}/{task.metadata.name}"
+
+
+def _job_pods(work: _Work, task: AITask, st: Any) -> list[PodView]:
+    return [p for p in work.pods.get(task_key_of(task), []) if p.job == st.job]
+
+
+def _running_demand(task: AITask, st: Any, params: CycleParams) -> Demand:
+    """A running attempt's demand: its variant's, resumed from the work an earlier attempt did."""
+    demand = snapshot.demand_for(
+        task,
+        variants.for_attempt(task.spec.subtask(st.name), st.plan.variant if st.plan is not None else ""),
+        max(1, st.attempts),
+        now=0.0,
+        default_time_weight=params.default_time_weight,
+        default_cost_weight=params.default_cost_weight,
+    )
+    current = st.history[-1] if st.history else None
+    if current is None or current.progress_start <= 0:
+        return demand
+    overhead = task.spec.subtask(st.name).preemption.resume_overhead_seconds
+    return snapshot.resumed(demand, current.progress_start, overhead, None)
 
 
 def snapshot_phase(
@@ -890,6 +923,10 @@ def decisions_phase(
             waits.append(Admitted(class_name=adm.class_name, waited_seconds=waited))
     for dfr in result.deferred:
         deferred.setdefault(queue.owner[dfr.key], []).append(dfr)
+    stopped: dict[str, list[Preemption]] = {}
+    for pre in result.preempted:
+        stopped.setdefault(f"{pre.key.namespace}/{pre.key.task}", []).append(pre)
+    done = preemption.done_fraction(queue.running)
     telemetry = Telemetry(usage=view.gpu_usage, state=view.telemetry, message=view.telemetry_message)
     pending: dict[str, int] = {}
     for key, prog in list(work.progresses.items()):
@@ -899,7 +936,9 @@ def decisions_phase(
             held = {j.name: j.queue_name for j in work.jobs.get(key, []) if j.suspended and not j.finished}
             mine, theirs = admitted.get(key, []), deferred.get(key, [])
             sig = (_decision_inputs(task, theirs, telemetry, held), _variants_of(queue, key))
-            hit = cache.decided.get(key) if cache is not None and not mine else None
+            stops = [(p, done.get(p.key, 0.0)) for p in stopped.get(key, [])]
+            reuse = cache is not None and not mine and not stops
+            hit = cache.decided.get(key) if reuse and cache is not None else None
             raw = work.bodies[key].get("status") or {}
             if hit is not None and hit[0] is prog and hit[1] == sig:
                 decision, wire_new, wire_old = hit[2], hit[3], hit[4]
@@ -920,10 +959,11 @@ def decisions_phase(
                     kueue_queue=kueue_queue,
                     suspended=held,
                     choices=queue.choices,
+                    preempted=stops,
                 )
                 wire_new, wire_old = wire(decision.status), wire(task.status)
                 changed = raw is not wire_new and wire_new != raw and wire_new != wire_old
-            if cache is not None and not mine:
+            if cache is not None and reuse:
                 cache.decided[key] = (prog, sig, decision, wire_new, wire_old, raw, changed)
             for cls_name in decision.pending_classes:
                 pending[cls_name] = pending.get(cls_name, 0) + 1
@@ -1070,6 +1110,10 @@ def run_cycle(view: ClusterView, params: CycleParams, now: datetime, cache: Cycl
         ageing_seconds=params.ageing_seconds,
         low_gpu_util_percent=params.low_gpu_util_percent,
         external_queue=params.kueue_default_queue is not None,
+        preemption=params.preemption,
+        preempt_min_run_seconds=params.preempt_min_run_seconds,
+        preempt_factor=params.preempt_factor,
+        migrate_factor=params.migrate_factor,
     )
     snap = variants_phase(snap, queue, work, sched_params)
     result = schedule_phase(snap, queue, work, sched_params)

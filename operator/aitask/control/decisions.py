@@ -32,12 +32,12 @@ from aitask.api.v1alpha1 import (
 from aitask.build import workspace
 from aitask.build.jobs import build_job
 from aitask.core import conditions as cond
-from aitask.core import progress, variants
+from aitask.core import progress, resume, variants
 from aitask.core.progress import EventSpec, Ready, TaskProgress
 from aitask.core.quantity import format_cpu, format_memory
 from aitask.core.reasons import ConditionType, Reason, kueue_waiting_message
 from aitask.core.scheduling import admit, limits
-from aitask.core.types import Admission, Deferral, Demand, Option, SubtaskKey
+from aitask.core.types import Admission, Deferral, Demand, Option, Preemption, SubtaskKey
 from aitask.core.usage import combine
 from aitask.core.variants import VariantChoice
 
@@ -307,18 +307,28 @@ def decide_task(
     kueue_queue: str | None = None,
     suspended: Mapping[str, str] | None = None,
     choices: Mapping[SubtaskKey, VariantChoice] | None = None,
+    preempted: Sequence[tuple[Preemption, float]] = (),
 ) -> TaskDecision:
-    """The task's next status after this cycle's admissions and deferrals, and its new Jobs.
+    """The task's next status after this cycle's admissions, deferrals and preemptions, and its new Jobs.
 
     ``kueue_queue`` (Kueue mode): the LocalQueue of a task without ``spec.queueName``; its Jobs are
     created suspended in that queue. ``suspended``: the task's suspended Jobs, name -> queue.
     ``choices``: the variant chosen for each demand of a sub-task with variants (core.variants).
+    ``preempted``: the running attempts the scheduler stops, with the fraction of the work done.
     """
     status = prog.status
     subs = {s.name: s for s in status.subtasks}
     creates: list[dict[str, Any]] = []
     events = list(prog.events)
     retries: list[Retry] = []
+    stopped: list[tuple[Attempt, float | None]] = []
+    for pre, done in preempted:
+        prev = subs.get(pre.key.subtask)
+        if prev is None or prev.phase != SubtaskPhase.RUNNING or not prev.history:
+            continue
+        subs[pre.key.subtask], attempt, event = resume.preempt_attempt(prev, pre, done, now)
+        stopped.append((attempt, prev.plan.estimated_cost if prev.plan else None))
+        events.append(EventSpec(*event))
     for adm in admissions:
         sub = ready[adm.key].subtask
         ec = ecs[adm.class_name]
@@ -391,5 +401,5 @@ def decide_task(
         retries=tuple(retries),
         pending_classes=tuple(pending),
         delete_jobs=tuple(delete),
-        finished=tuple(ended),
+        finished=(*ended, *stopped),
     )

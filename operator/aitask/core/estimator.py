@@ -153,6 +153,10 @@ class Estimator:
             seconds = (1.0 - w) * seconds + w * own.seconds_per_unit * demand.work_units
             confidence = w + (1.0 - w) * confidence
             source = f"learned(n={own.samples})+{base.source}"
+        if demand.remaining != 1.0 or demand.switch_seconds:
+            # A resumed attempt: what is left of the work, plus the resume overhead (preemption).
+            seconds = seconds * demand.remaining + demand.switch_seconds
+            source = f"resume({demand.remaining:.0%} left)+{source}"
         return Estimate(seconds=seconds, source=source, confidence=confidence)
 
 

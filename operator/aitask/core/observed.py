@@ -105,6 +105,7 @@ class PodView:
     # image ...", "Unschedulable: 0/9 nodes are available ..."); "" when nothing is said.
     created: datetime | None = None
     waiting: str = ""
+    progress: float | None = None  # our pods: the workload's report of the work done (aitask.dev/progress)
 
     @property
     def terminal(self) -> bool:
@@ -248,7 +249,20 @@ def pod_view(body: Mapping[str, Any]) -> PodView:
         managed=managed,
         created=parse_time(meta.get("creationTimestamp")) if pending else None,
         waiting=_waiting(status) if pending else "",
+        progress=_progress(meta) if managed else None,
     )
+
+
+def _progress(meta: Mapping[str, Any]) -> float | None:
+    """The workload's progress report (annotation aitask.dev/progress: a fraction in [0, 1])."""
+    raw = (meta.get("annotations") or {}).get("aitask.dev/progress")
+    if raw is None:
+        return None
+    try:
+        value = float(raw)
+    except (TypeError, ValueError):
+        return None
+    return value if 0.0 <= value <= 1.0 else None
 
 
 #: ResourceQuota scopes that every pod of ours falls in (they set requests and no activeDeadlineSeconds);

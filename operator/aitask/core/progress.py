@@ -30,7 +30,7 @@ from aitask.api.v1alpha1 import (
     TaskPhase,
 )
 from aitask.core import conditions as cond
-from aitask.core import variants
+from aitask.core import resume, variants
 from aitask.core.dag import critical_path
 from aitask.core.observed import JobView, PodView
 from aitask.core.reasons import ConditionType, Reason, kueue_waiting_message
@@ -182,6 +182,7 @@ class _Derivation:
     finished: list[tuple[Attempt, float | None]] = field(default_factory=list)
     delete: list[str] = field(default_factory=list)
     changed_while_running: list[str] = field(default_factory=list)
+    held: set[str] = field(default_factory=set)  # stopped attempts whose Job still ends: the next one waits
 
 
 def derive(
@@ -224,6 +225,12 @@ def derive(
     for sub in spec.subtasks:
         seen = jobs_by_sub.get(sub.name, {})
         st, history = _adopt(sub, prev.subtask(sub.name) or SubtaskStatus(name=sub.name), seen, acc)
+        if st.phase not in _TERMINAL and st.phase != SubtaskPhase.RUNNING:
+            ending = _draining(sub, st, seen)
+            if ending is not None:  # a stopped attempt's Job still ends: the next attempt waits for it
+                acc.held.add(sub.name)
+                if not ending.deleting:
+                    acc.delete.append(ending.name)  # a Preempted attempt's Job: the status was written first
         if st.phase == SubtaskPhase.RUNNING and st.attempts > 0:
             st = _follow(sub, st, history, seen, acc)
         out[sub.name] = _upd(st, history=sorted(history.values(), key=lambda a: a.number))
@@ -302,6 +309,11 @@ def _follow(
         if current is not None and not current.deleting:
             acc.delete.append(current.name)
         attempt, st = _stopped(st, attempt, plan, stop, now)
+        if sub.preemption.allowed and stop.result == AttemptResult.SUSPENDED:
+            # A preemptible sub-task keeps what it did: the next attempt resumes from it.
+            reported = resume.reported_progress(acc.pods_by_job.get(current.name, [])) if current else None
+            done = resume.work_done(sub, attempt, plan, now, reported)
+            attempt, st = _upd(attempt, progress=round(done, 6)), _upd(st, progress=round(done, 6))
     elif current is None:
         admitted = attempt.start_time or st.start_time or now
         if now - admitted > JOB_VISIBILITY_GRACE and (st.job or "") not in acc.unseen:
@@ -345,7 +357,7 @@ def _succeeded(
         actual_seconds=secs,
         actual_cost=cost,
     )
-    if not attempt.learned and secs is not None and job.class_name:
+    if not attempt.learned and secs is not None and job.class_name and not attempt.progress_start:
         acc.observations.append(
             Observation(
                 profile=sub.effective_profile,
@@ -450,6 +462,8 @@ def _readiness(task: AITask, out: dict[str, SubtaskStatus], acc: _Derivation) ->
             continue
         if st.phase == SubtaskPhase.BACKOFF and st.retry_after and acc.now < st.retry_after:
             continue
+        if sub.name in acc.held:
+            continue
         if stop is not None:  # suspended: ready, but nothing is admitted (a cancelled task skips it later)
             if stop.result == AttemptResult.SUSPENDED and (
                 st.phase != SubtaskPhase.QUEUED or st.message != SUSPENDED_MESSAGE
@@ -531,6 +545,7 @@ def start_attempt(
         start_time=now,
         spec_hash=subtask_hash(sub),
         variant=plan.variant,
+        progress_start=prev.progress,
     )
     return _upd(
         prev,
@@ -621,6 +636,15 @@ def _stopped(
     if stop.result == AttemptResult.CANCELLED:
         return attempt, _upd(st, phase=SubtaskPhase.SKIPPED, nodes=[], finish_time=now, message=what)
     return attempt, _upd(st, phase=SubtaskPhase.QUEUED, nodes=[], ready_since=None, message=what)
+
+
+def _draining(sub: Subtask, st: SubtaskStatus, seen: Mapping[int, JobView]) -> JobView | None:
+    """The Job of a Preempted last attempt (or a Suspended one of a preemptible sub-task) still there."""
+    last = st.history[-1] if st.history else None
+    if last is None or (last.result == AttemptResult.SUSPENDED and not sub.preemption.allowed):
+        return None
+    job = resume.draining(st, dict(seen))
+    return job if isinstance(job, JobView) else None
 
 
 def _pending_since(job: JobView, pods: Sequence[PodView]) -> tuple[datetime, str, str] | None:

@@ -46,6 +46,8 @@ class Reason(StrEnum):
     PROCESSING_FAILED = "ProcessingFailed"
     JOB_REJECTED = "JobRejected"
     SUSPENDED = "Suspended"
+    PREEMPTED = "Preempted"  # Event: a preemptible attempt stopped for work of a higher ratio
+    MIGRATED = "Migrated"  # Event: a preemptible attempt stopped to resume on a faster class
     RESUMED = "Resumed"
     CANCELLED = "Cancelled"
     WAITING_FOR_QUOTA = "WaitingForQuota"

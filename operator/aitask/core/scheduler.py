@@ -37,6 +37,7 @@ Steps, as in Kueue's scheduler, each reading only the snapshot and this cycle's 
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 from aitask.core.costmodel import (
     UNKNOWN_BUSY_SECONDS,
@@ -48,7 +49,7 @@ from aitask.core.costmodel import (
     score_with_wait,
     unknown_busy_units,
 )
-from aitask.core.scheduling import admit, limits
+from aitask.core.scheduling import admit, limits, preempt
 from aitask.core.scheduling.books import NodeBooks
 from aitask.core.scheduling.evaluation import Choice, Evaluation, Evaluator
 from aitask.core.scheduling.queueplan import arrival_order, plan_queue, smith_order
@@ -96,7 +97,7 @@ class _Cycle:
             backlog += UNKNOWN_BUSY_SECONDS * unknown_busy_units(cls, class_nodes, running, cap)
             if backlog > 0:
                 self.backlog[name] = backlog
-        self.evaluator = Evaluator(classes, self.capacity, snapshot.learned, params)
+        self.evaluator = Evaluator(classes, self.capacity, snapshot.learned, params, snapshot.memo)
         self.limits = limits.LimitBooks(snapshot.limits)
 
     def _within_limits(self, d: Demand, evaluation: Evaluation) -> tuple[Evaluation, tuple[str, str] | None]:
@@ -300,10 +301,28 @@ class _Cycle:
         return admit.admission(d, choice, [self.books.names[i] for i in placed], options)
 
 
+def preemptions_when_full(snapshot: Snapshot, params: SchedulerParams) -> CycleResult:
+    """``schedule`` for a cycle in which nothing can be admitted (the caller knows that no node has a
+    free accelerator, every demand needs one and no limit applies): every demand waits, and only the
+    preemption decision is computed (``aitask simulate`` on a saturated cluster). Its preemptions are
+    those ``schedule`` would make; its deferrals carry no report."""
+    cycle = _Cycle(snapshot, params)
+    waiting = frozenset(d.key for d in snapshot.demands)
+    if not (params.preemption and params.policy == Policy.COST):
+        return CycleResult(admitted=(), deferred=())
+    return CycleResult(
+        admitted=(), deferred=(), preempted=preempt.choose(snapshot, params, None, cycle.evaluator, waiting=waiting)
+    )
+
+
 def schedule(snapshot: Snapshot, params: SchedulerParams) -> CycleResult:
     """Decide which ready demands start now, on which class and nodes, and why the rest wait.
 
     Pure over the snapshot, so the operator, `aitask simulate` and `aitask plan` share it
     and its decisions can be replayed in tests and benchmarks.
     """
-    return _Cycle(snapshot, params).run()
+    cycle = _Cycle(snapshot, params)
+    result = cycle.run()
+    if params.preemption and params.policy == Policy.COST and any(r.resume is not None for r in snapshot.running):
+        result = replace(result, preempted=preempt.choose(snapshot, params, result, cycle.evaluator))
+    return result

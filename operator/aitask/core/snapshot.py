@@ -8,6 +8,7 @@ operator would do.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from dataclasses import replace
 from typing import Any
 
 from aitask.api import v1alpha1 as api
@@ -177,6 +178,22 @@ def demand_for(
         arrival=arrival,
         subtask_type=subtask.type.value,
         avoided_classes=frozenset(avoided),
+        preemptible=subtask.preemption.allowed,
+    )
+
+
+def resumed(
+    demand: Demand, progress: float, overhead_seconds: float, move_to: str | None, *, attempt: int | None = None
+) -> Demand:
+    """The demand of an attempt that resumes stopped work: the work left, the resume overhead in T,
+    and, after a migration, only the class it moves to (the move was decided for that class)."""
+    classes = frozenset({move_to}) if move_to else demand.classes
+    return replace(
+        demand,
+        attempt=demand.attempt if attempt is None else attempt,
+        remaining=min(max(1.0 - progress, 0.0), 1.0),
+        switch_seconds=overhead_seconds if progress > 0 else 0.0,
+        classes=classes,
     )
 
 

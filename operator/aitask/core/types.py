@@ -120,6 +120,11 @@ class Demand:
     # Classes where an earlier attempt got stuck (pods Pending, not created): feasible only when no
     # other class is, so a retry moves elsewhere if it can and stays where it is if it cannot.
     avoided_classes: frozenset[str] = frozenset()
+    # Preemption (core.scheduling.preempt): a resumed attempt has ``remaining`` of the work left
+    # and pays ``switch_seconds`` (resume overhead) on top, so its T is what is left plus that.
+    remaining: float = 1.0
+    switch_seconds: float = 0.0
+    preemptible: bool = False
 
 
 @dataclass(frozen=True)
@@ -134,6 +139,14 @@ class Running:
     # Waiting in an external queue (a Job Kueue holds suspended): it holds no units yet and takes
     # them, for all of remaining_seconds, when they are free (the timeline reserves it).
     queued: bool = False
+    # Only for work that may be preempted (core.scheduling.preempt); the rest keeps the defaults.
+    resume: Demand | None = None  # the demand it becomes if stopped now (work left, overhead); None: never stopped
+    nodes: tuple[str, ...] = ()  # node of each pod
+    memory: float = 0.0  # total bytes over its pods
+    started: float = 0.0  # when this attempt started (hysteresis: minimum run time before a preemption)
+    grace_seconds: float = 0.0  # what a stop takes (the pods' grace period: the units stay held)
+    stopping: bool = False  # a stop was decided and its pods are still ending: their units free soon
+    preemptions: int = 0  # times this sub-task was stopped before: each doubles the minimum run time
 
 
 QUOTA = "ResourceQuota"
@@ -175,11 +188,23 @@ class Snapshot:
     running: tuple[Running, ...] = ()
     learned: Mapping[tuple[str, str], Learned] = field(default_factory=dict)  # (profile, class)
     limits: tuple[Limit, ...] = ()  # ResourceQuotas and budgets (core.scheduling.limits)
+    # Evaluations kept across cycles by demand identity (id -> (demand, evaluation)), for a caller that
+    # reuses its Demand objects while classes, capacity, learned runtimes and params stay the same
+    # (`aitask simulate` in oracle mode). None: every cycle evaluates afresh (the operator).
+    memo: dict[int, tuple[Demand, object]] | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
 class SchedulerParams:
     policy: Policy = Policy.COST
+    # Preemption of preemptible running work (core.scheduling.preempt; the cost policy only).
+    preemption: bool = True
+    preempt_order: str = "remaining"  # "remaining" (weighted shortest remaining) | "attained" (least attained)
+    preempt_factor: float = 2.0  # hysteresis: the newcomer's ratio must beat the victim's this many times
+    # Hysteresis: an attempt runs this long before it can be stopped, doubled for every earlier stop
+    # of the same sub-task (so a long job displaced again and again is stopped O(log runtime) times).
+    preempt_min_run_seconds: float = 600.0
+    migrate_factor: float = 1.5  # a move to a faster free class must cut the remaining time this many times
     ageing_seconds: float = 600.0  # waiting this long doubles a demand's ordering weight
     max_alternatives: int = 5
     low_gpu_util_percent: float = 30.0  # right-sizing: learned GPU utilisation under this is "oversized"
@@ -240,7 +265,24 @@ class Deferral:
     alternatives: tuple[Option, ...]
 
 
+PREEMPTED_FOR = "PreemptedFor"  # stopped so that a demand of a higher ratio can start
+MIGRATED = "Migrated"  # stopped to resume on a faster class that is free
+
+
+@dataclass(frozen=True)
+class Preemption:
+    """Running preemptible work to stop now (its Job deleted with the grace period), and why."""
+
+    key: SubtaskKey
+    class_name: str  # where it runs now
+    reason: str  # PREEMPTED_FOR | MIGRATED
+    by: SubtaskKey | None  # the demand it makes room for (None for a migration)
+    target_class: str  # where the room is made (by's class), or the faster class it moves to
+    message: str
+
+
 @dataclass(frozen=True)
 class CycleResult:
     admitted: tuple[Admission, ...]
     deferred: tuple[Deferral, ...]
+    preempted: tuple[Preemption, ...] = ()

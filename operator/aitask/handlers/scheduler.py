@@ -266,6 +266,10 @@ class Engine:
             stuck_after_seconds=s.stuck_after_seconds,
             low_gpu_util_percent=s.gpu_util_low_percent,
             kueue_default_queue=s.kueue_default_queue if s.kueue_enabled else None,
+            preemption=s.preemption,
+            preempt_min_run_seconds=s.preempt_min_run_seconds,
+            preempt_factor=s.preempt_factor,
+            migrate_factor=s.migrate_factor,
         )
 
     def _fresh_tasks(self, entries: Iterable[Any]) -> tuple[list[dict[str, Any]], list[FinishedTask], dict[str, int]]:

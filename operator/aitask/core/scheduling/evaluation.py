@@ -57,6 +57,8 @@ class EstimateKey(NamedTuple):
     estimate_seconds: float | None
     estimate_on_class: str | None
     estimate_by_class: tuple[tuple[str, float], ...]
+    remaining: float
+    switch_seconds: float
 
 
 class EvaluationKey(NamedTuple):
@@ -71,7 +73,9 @@ class EvaluationKey(NamedTuple):
 AVOIDED_REASON = "avoided: an earlier attempt got stuck on it (pods Pending or not created), and another class fits"
 
 #: Demand fields that do not change an evaluation: identity, and what only the queue order reads.
-IGNORED_DEMAND_FIELDS = frozenset({"key", "attempt", "priority", "completions", "ready_since", "arrival"})
+IGNORED_DEMAND_FIELDS = frozenset(
+    {"key", "attempt", "priority", "completions", "ready_since", "arrival", "preemptible"}
+)
 
 _shape_fields = attrgetter(*ShapeKey._fields)
 _estimate_fields = attrgetter(*EstimateKey._fields)
@@ -133,7 +137,9 @@ class Evaluator:
         capacity: Mapping[str, ClassCapacity],
         learned: Mapping[tuple[str, str], Learned],
         params: SchedulerParams,
+        memo: dict[int, tuple[Demand, object]] | None = None,
     ) -> None:
+        self.memo = memo
         self.classes = classes
         self.capacity = capacity
         self.learned = learned
@@ -149,6 +155,16 @@ class Evaluator:
         Feasibility depends only on the demand's shape, estimates only on its estimate
         inputs: separate caches keep a cycle over many similar demands cheap.
         """
+        if self.memo is not None:
+            hit = self.memo.get(id(d))
+            if hit is not None and hit[0] is d and isinstance(hit[1], Evaluation):
+                return hit[1]
+        evaluation = self._evaluate(d)
+        if self.memo is not None:
+            self.memo[id(d)] = (d, evaluation)
+        return evaluation
+
+    def _evaluate(self, d: Demand) -> Evaluation:
         sig = evaluation_key(d)
         found = self._evaluations.get(sig)
         if found is not None:

@@ -1,0 +1,344 @@
+"""Which running preemptible work to stop, for whom, and which to move to a faster class (pure).
+
+Runs after the cycle's admissions (``core.scheduler.schedule``), on the cost policy only, and
+only over running work that opted in (``Running.resume`` is the demand it would become:
+the work it has left and its resume overhead). Two decisions:
+
+1. **Displace.** The deferred demands that wait for capacity are taken by their ratio, highest
+   first. A demand *d* may stop victims on one of its classes *k* when, for every victim *r*,
+   ``ratio(d on k) > preempt_factor * ratio(r)``, where with ``preempt_order="remaining"``
+   ``ratio = priority * alpha / (units * seconds left)`` (weighted shortest remaining time) and
+   *d*'s seconds include the switch it causes (the victim's grace period and resume overhead):
+   the exchange argument of Smith's rule with the switch cost inside F. With
+   ``preempt_order="attained"`` the ratio is ``1 / (units * (attained seconds + 1))``
+   (least attained service; no runtime knowledge needed). Victims are taken lowest ratio
+   first until *d*'s pods fit on the nodes they free (a gang is freed whole, on every node
+   it holds); what the victims free beyond *d*'s pods stays for the next demand.
+2. **Migrate.** A running attempt whose remaining time on its class is more than
+   ``migrate_factor`` times its remaining time on another class that has room now (its
+   resume overhead and grace period included, and by at least the minimum run time) is
+   stopped to resume there; biggest saving first.
+
+Never stopped: work that did not opt in, work that runs for less than
+``preempt_min_run_seconds`` times two to the number of its earlier stops (hysteresis, so
+nothing bounces), work of a higher priority than
+the demand, work already stopping. Work being stopped counts as free for the demands here, so a
+demand does not stop a second set of victims while the first set ends.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+
+from aitask.core.costmodel import accelerator_resource, demand_units
+from aitask.core.scheduling import admit
+from aitask.core.scheduling.evaluation import Choice, Evaluator
+from aitask.core.types import (
+    MIGRATED,
+    PREEMPTED_FOR,
+    ClassInfo,
+    CycleResult,
+    Demand,
+    NodeInfo,
+    Preemption,
+    Running,
+    SchedulerParams,
+    Snapshot,
+    SubtaskKey,
+)
+
+_EPS = 1e-9
+_CAPACITY = frozenset({admit.INSUFFICIENT_CAPACITY, admit.GANG_INCOMPLETE})
+
+
+@dataclass
+class _Victim:
+    item: Running
+    demand: Demand
+    units: float
+    ratio: float
+    switch: float  # what stopping it costs in time: grace period + resume overhead
+
+
+@dataclass
+class _View:
+    """Free resources per node as this decision sees them (admissions taken, stopping work freed)."""
+
+    classes: Mapping[str, ClassInfo]
+    free: dict[str, dict[str, float]]
+    members: dict[str, list[str]] = field(default_factory=dict)
+
+    def add(self, item: Running, sign: float) -> None:
+        pods = max(1, len(item.nodes))
+        cls = self.classes.get(item.class_name)
+        resource = accelerator_resource(cls) if cls is not None else "nvidia.com/gpu"
+        for node in item.nodes:
+            book = self.free.get(node)
+            if book is None:
+                continue
+            book[resource] = book.get(resource, 0.0) + sign * item.accelerators / pods
+            book["cpu"] = book.get("cpu", 0.0) + sign * item.cpu / pods
+            book["memory"] = book.get("memory", 0.0) + sign * item.memory / pods
+
+    def fit(self, class_name: str, choice: Choice, pods: int) -> list[str] | None:
+        """Nodes for ``pods`` pods of the choice's request (best fit), or None; books nothing."""
+        accelerators, cpu, memory = choice.request
+        resource = accelerator_resource(self.classes[class_name])
+        taken: dict[str, int] = {}
+        out: list[str] = []
+        for _ in range(pods):
+            best: str | None = None
+            best_left = 0.0
+            for node in self.members.get(class_name, ()):
+                book = self.free[node]
+                n = taken.get(node, 0) + 1
+                left = book.get(resource, 0.0) - n * accelerators
+                if (
+                    left < -_EPS
+                    or book.get("cpu", 0.0) - n * cpu < -_EPS
+                    or book.get("memory", 0.0) - n * memory < -_EPS
+                ):
+                    continue
+                if best is None or left < best_left:
+                    best, best_left = node, left
+            if best is None:
+                return None
+            taken[best] = taken.get(best, 0) + 1
+            out.append(best)
+        return out
+
+    def has_room(self, class_name: str) -> bool:
+        """Whether some node of the class has a free unit (accelerator, or core on a CPU pool)."""
+        cls = self.classes[class_name]
+        unit = accelerator_resource(cls) if cls.kind == "gpu" else "cpu"
+        return any(self.free[n].get(unit, 0.0) >= 1.0 - _EPS for n in self.members.get(class_name, ()))
+
+    def take(self, class_name: str, choice: Choice, nodes: Sequence[str]) -> None:
+        accelerators, cpu, memory = choice.request
+        resource = accelerator_resource(self.classes[class_name])
+        for node in nodes:
+            book = self.free[node]
+            book[resource] = book.get(resource, 0.0) - accelerators
+            book["cpu"] = book.get("cpu", 0.0) - cpu
+            book["memory"] = book.get("memory", 0.0) - memory
+
+
+def _view(snapshot: Snapshot, result: CycleResult | None) -> _View:
+    nodes: Sequence[NodeInfo] = [n for n in snapshot.nodes if n.schedulable]
+    view = _View(snapshot.classes, {n.name: dict(n.free) for n in nodes})
+    for n in nodes:
+        for c in n.classes:
+            if c in snapshot.classes:
+                view.members.setdefault(c, []).append(n.name)
+    for adm in result.admitted if result is not None else ():
+        resource = accelerator_resource(snapshot.classes[adm.class_name])
+        for node in adm.nodes:
+            book = view.free.get(node)
+            if book is not None:
+                book[resource] = book.get(resource, 0.0) - adm.accelerators
+                book["cpu"] = book.get("cpu", 0.0) - adm.cpu
+                book["memory"] = book.get("memory", 0.0) - adm.memory
+    for item in snapshot.running:
+        if item.stopping:
+            view.add(item, 1.0)
+    return view
+
+
+def min_run(params: SchedulerParams, item: Running) -> float:
+    """Hysteresis: how long the attempt must have run before it may be stopped."""
+    return min_run_seconds(params, item.preemptions)
+
+
+def min_run_seconds(params: SchedulerParams, stops: int) -> float:
+    """The minimum run time after ``stops`` earlier stops: doubled for each."""
+    return params.preempt_min_run_seconds * 2.0 ** min(stops, 30)
+
+
+def _attained(d: Demand, seconds_left: float) -> float:
+    """Seconds of work already done, on the scale of the class whose remaining time is given."""
+    left = max(seconds_left - d.switch_seconds, 0.0)
+    if d.remaining <= _EPS:
+        return left
+    return left / d.remaining * (1.0 - d.remaining)
+
+
+def _ratio(order: str, d: Demand, units: float, seconds_left: float, *, attained: float) -> float:
+    if order == "attained":
+        return 1.0 / (max(units, _EPS) * (attained + 1.0))
+    return d.priority * d.time_weight / (max(units, _EPS) * max(seconds_left, _EPS))
+
+
+def _victims(snapshot: Snapshot, params: SchedulerParams) -> dict[str, list[_Victim]]:
+    """Eligible running work per class, lowest ratio first."""
+    out: dict[str, list[_Victim]] = {}
+    for item in snapshot.running:
+        d = item.resume
+        if d is None or item.stopping or snapshot.now - item.started < min_run(params, item):
+            continue
+        cls = snapshot.classes.get(item.class_name)
+        if cls is None:
+            continue
+        units = demand_units(d, cls)
+        attained = _attained(d, item.remaining_seconds) + snapshot.now - item.started
+        ratio = _ratio(params.preempt_order, d, units, item.remaining_seconds, attained=attained)
+        out.setdefault(item.class_name, []).append(
+            _Victim(item, d, units, ratio, item.grace_seconds + d.switch_seconds)
+        )
+    for victims in out.values():
+        victims.sort(key=lambda v: (v.ratio, str(v.item.key)))
+    return out
+
+
+def _displace(
+    d: Demand, choices: Sequence[Choice], view: _View, victims: Mapping[str, list[_Victim]], params: SchedulerParams
+) -> tuple[str, list[_Victim]] | None:
+    """The class and victims that make room for the demand now, or None (books the room in the view)."""
+    for choice in sorted(choices, key=lambda c: (c.runtime, c.name))[: max(params.plan_candidates, 1)]:
+        nodes = view.fit(choice.name, choice, d.pods)
+        if nodes is not None:  # room is being freed for it already (stopping work)
+            view.take(choice.name, choice, nodes)
+            return None
+        chosen: list[_Victim] = []
+        for v in victims.get(choice.name, ()):
+            if v.item.stopping or v.demand.priority > d.priority:
+                continue
+            seconds = choice.runtime + max([v.switch] + [c.switch for c in chosen])
+            attained = _attained(d, choice.runtime)
+            mine = _ratio(params.preempt_order, d, choice.units, seconds, attained=attained)
+            if mine <= params.preempt_factor * v.ratio:
+                break  # victims are sorted by ratio: no later one qualifies either
+            chosen.append(v)
+            view.add(v.item, 1.0)
+            nodes = view.fit(choice.name, choice, d.pods)
+            if nodes is not None:
+                view.take(choice.name, choice, nodes)
+                for c in chosen:
+                    c.item = _stopping(c.item)
+                return choice.name, chosen
+        for v in chosen:
+            view.add(v.item, -1.0)
+    return None
+
+
+def _stopping(item: Running) -> Running:
+    return replace(item, stopping=True)
+
+
+def _migrations(
+    snapshot: Snapshot,
+    params: SchedulerParams,
+    evaluator: Evaluator,
+    view: _View,
+    victims: Mapping[str, list[_Victim]],
+) -> list[Preemption]:
+    moves: list[tuple[float, _Victim, Choice]] = []
+    roomy = {c for c in view.classes if view.has_room(c)}
+    if not roomy:
+        return []  # a full cluster: no move can start now, and no victim need be evaluated
+    for class_name, items in victims.items():
+        if not roomy - {class_name}:
+            continue
+        for v in items:
+            if v.item.stopping:
+                continue
+            for choice in evaluator.evaluate(v.demand).feasible:
+                if choice.name == class_name:
+                    continue
+                there = choice.runtime + v.item.grace_seconds
+                here = v.item.remaining_seconds
+                if here > params.migrate_factor * there and here - there >= params.preempt_min_run_seconds:
+                    moves.append(((here - there) * v.demand.priority / max(v.units, _EPS), v, choice))
+    out: list[Preemption] = []
+    moves.sort(key=lambda m: (-m[0], str(m[1].item.key), m[2].name))
+    for _, v, choice in moves:
+        if v.item.stopping:
+            continue
+        nodes = view.fit(choice.name, choice, v.demand.pods)
+        if nodes is None:
+            continue
+        view.take(choice.name, choice, nodes)
+        v.item = _stopping(v.item)
+        here = v.item.remaining_seconds
+        out.append(
+            Preemption(
+                key=v.item.key,
+                class_name=v.item.class_name,
+                reason=MIGRATED,
+                by=None,
+                target_class=choice.name,
+                message=(
+                    f"migrated from {v.item.class_name} to {choice.name}, which has room: "
+                    f"{here:.0f}s left on {v.item.class_name}, {choice.runtime:.0f}s on {choice.name} "
+                    "with the resume overhead"
+                ),
+            )
+        )
+    return out
+
+
+def _best_ratio(
+    d: Demand, feasible: Sequence[Choice], params: SchedulerParams, memo: dict[int, tuple[Demand, object]] | None
+) -> float:
+    """The demand's highest ratio over its classes (it depends on the demand alone: kept in the memo)."""
+    key = -1 - id(d)  # beside the evaluations, which are keyed by id(d) >= 0
+    hit = memo.get(key) if memo is not None else None
+    if hit is not None and hit[0] is d and isinstance(hit[1], tuple) and hit[1][0] == params.preempt_order:
+        return float(hit[1][1])
+    best = max(_ratio(params.preempt_order, d, c.units, c.runtime, attained=_attained(d, c.runtime)) for c in feasible)
+    if memo is not None:
+        memo[key] = (d, (params.preempt_order, best))
+    return best
+
+
+def choose(
+    snapshot: Snapshot,
+    params: SchedulerParams,
+    result: CycleResult | None,
+    evaluator: Evaluator,
+    *,
+    waiting: frozenset[SubtaskKey] | None = None,
+) -> tuple[Preemption, ...]:
+    """The preemptions of this cycle: victims for the deferred demands, then migrations.
+
+    ``result`` is the cycle's admissions and deferrals; ``waiting``, when given, names the demands
+    that wait for capacity instead (a cycle known to admit nothing)."""
+    victims = _victims(snapshot, params)
+    if not victims:
+        return ()
+    view = _view(snapshot, result)
+    if waiting is None:
+        waiting = frozenset(d.key for d in result.deferred if d.reason in _CAPACITY) if result else frozenset()
+    candidates: list[tuple[float, Demand, tuple[Choice, ...]]] = []
+    for d in snapshot.demands:
+        if d.key not in waiting:
+            continue
+        feasible = evaluator.evaluate(d).feasible
+        if feasible:
+            candidates.append((_best_ratio(d, feasible, params, snapshot.memo), d, feasible))
+    floor = min(v.ratio for items in victims.values() for v in items)
+    candidates.sort(key=lambda c: (-c[0], str(c[1].key)))
+    out: list[Preemption] = []
+    for best, d, feasible in candidates:
+        if best <= params.preempt_factor * floor:
+            break  # no demand further down can displace anything
+        found = _displace(d, feasible, view, victims, params)
+        if found is None:
+            continue
+        class_name, chosen = found
+        for v in chosen:
+            out.append(
+                Preemption(
+                    key=v.item.key,
+                    class_name=v.item.class_name,
+                    reason=PREEMPTED_FOR,
+                    by=d.key,
+                    target_class=class_name,
+                    message=(
+                        f"preempted for {d.key} on {class_name}: {v.item.remaining_seconds:.0f}s left here, "
+                        f"it needs {next(c.runtime for c in feasible if c.name == class_name):.0f}s"
+                    ),
+                )
+            )
+    out.extend(_migrations(snapshot, params, evaluator, view, victims))
+    return tuple(out)
