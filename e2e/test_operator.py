@@ -286,7 +286,7 @@ def test_sigterm_stops_the_operator_cleanly(cluster: Cluster, namespace: str, op
     operator.wait_metrics()
     operator.stop(timeout=10)
     assert not operator.sigkilled, operator.log(40)
-    assert "Activity 'shutdown' succeeded" in operator.log(40)
+    assert "Activity 'shutdown' succeeded" in operator.log_path.read_text()
 
 
 def test_deleting_the_aitask_removes_its_jobs_and_pods(cluster: Cluster, namespace: str, operator: Operator) -> None:
