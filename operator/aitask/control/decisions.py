@@ -293,6 +293,14 @@ def _kueue_condition(
     return list(conds)
 
 
+def _fails_over_budget(task: AITask, deferrals: Sequence[Deferral]) -> Deferral | None:
+    """The deferral that fails the task: its own budget rules out every class and it chose onExceeded: Fail."""
+    budget = task.spec.budget
+    if budget is None or budget.on_exceeded != BudgetPolicy.FAIL:
+        return None
+    return next((d for d in deferrals if d.reason == limits.BUDGET_EXCEEDED), None)
+
+
 def decide_task(
     task: AITask,
     prog: TaskProgress,
@@ -365,15 +373,12 @@ def decide_task(
     conds = list(status.conditions)
     if not status.phase.final:
         conds = _planned_condition(conds, deferrals, ordered, now, gen)
-    phase = status.phase
     delete: list[str] = []
     ended: list[tuple[Attempt, float | None]] = []
-    over = next((d for d in deferrals if d.reason == limits.BUDGET_EXCEEDED), None)
-    budget = task.spec.budget
-    if over is not None and budget is not None and budget.on_exceeded == BudgetPolicy.FAIL and not admissions:
-        # The task's own budget rules out every class for this sub-task, and the user chose to fail.
-        phase = TaskPhase.FAILED
-        message = f"{over.key.subtask}: {over.message}"
+    phase = status.phase
+    over = None if admissions else _fails_over_budget(task, deferrals)
+    if over is not None:
+        phase, message = TaskPhase.FAILED, f"{over.key.subtask}: {over.message}"
         ordered = progress.release(ordered, phase, now, delete, ended)
         conds = progress.end_conditions(conds, phase, Reason.BUDGET_EXCEEDED, message, now, gen)
         events.append(EventSpec("Warning", Reason.BUDGET_EXCEEDED, f"task failed: {message}"))
