@@ -15,6 +15,7 @@ from typing import Any
 
 from aitask.api.v1alpha1 import (
     AITask,
+    AITaskBudgetStatus,
     AITaskStatus,
     Alternative,
     Attempt,
@@ -70,7 +71,7 @@ class TaskDecision:
     finished: tuple[tuple[Attempt, float | None], ...] = ()  # the attempts those ended
 
 
-def wire(status: AITaskStatus | ExecutorClassStatus) -> dict[str, Any]:
+def wire(status: AITaskStatus | ExecutorClassStatus | AITaskBudgetStatus) -> dict[str, Any]:
     return status.model_dump(by_alias=True, exclude_none=True, mode="json")
 
 

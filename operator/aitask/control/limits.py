@@ -17,18 +17,14 @@ from typing import Any
 from pydantic import ValidationError
 
 from aitask.api.v1alpha1 import AITask, AITaskBudget, SubtaskPhase
+from aitask.control.decisions import wire
 from aitask.core import budgets
 from aitask.core.budgets import BudgetUse, Spend
 from aitask.core.observed import JobView, PodView, QuotaView, parse_time
 from aitask.core.progress import TaskProgress
 from aitask.core.quantity import parse_quantity
+from aitask.core.scheduling.limits import pod_charge
 from aitask.core.types import QUOTA, ClassInfo, Limit
-
-
-def wire(model: Any) -> dict[str, Any]:
-    out: dict[str, Any] = model.model_dump(by_alias=True, exclude_none=True, mode="json")
-    return out
-
 
 # A budget's status is rewritten when what is left moved by this share of its cap (or the period turned).
 MATERIAL_SHARE = 0.005
@@ -79,18 +75,11 @@ def _uncounted(
         missing = max(0, at_once - live_pods.get((ns, st.job), 0))
         if not missing:
             continue
-        cpu, memory = parse_quantity(plan.cpu or "0"), parse_quantity(plan.memory or "0")
-        for key in ("pods", "count/pods"):
-            add(key, float(missing))
-        for key in ("cpu", "requests.cpu"):
-            add(key, cpu * missing)
-        for key in ("memory", "requests.memory", "limits.memory"):
-            add(key, memory * missing)
         info = infos.get(plan.class_name)
-        if plan.accelerators and info is not None and info.accelerator_resource:
-            res = info.accelerator_resource
-            for key in (res, f"requests.{res}", f"limits.{res}"):
-                add(key, float(plan.accelerators * missing))
+        resource = info.accelerator_resource if info is not None and plan.accelerators else None
+        cpu, memory = parse_quantity(plan.cpu or "0"), parse_quantity(plan.memory or "0")
+        for key, amount in pod_charge(float(missing), cpu, memory, float(plan.accelerators), resource).items():
+            add(key, amount)
     return out
 
 

@@ -51,12 +51,12 @@ _UNSUPPORTED_PREFIXES = (
 )
 
 
-def charge(
-    d: Demand, cls: ClassInfo, request: tuple[int, float, float], runtime: float, money: float
-) -> dict[str, float]:
-    """What admitting ``d`` on ``cls`` adds to every resource a limit may cap."""
-    accelerators, cpu, memory = request
-    pods = float(d.pods)
+def pod_charge(pods: float, cpu: float, memory: float, accelerators: float, resource: str | None) -> dict[str, float]:
+    """What ``pods`` pods of one shape hold of every ResourceQuota resource they count against.
+
+    ``cpu``, ``memory`` and ``accelerators`` are per pod; ``resource`` is the accelerator's resource
+    name (None on a CPU class). The one place that knows which quota keys a pod of ours fills.
+    """
     out = {
         "requests.cpu": cpu * pods,
         "cpu": cpu * pods,
@@ -65,16 +65,26 @@ def charge(
         "limits.memory": memory * pods,
         "pods": pods,
         "count/pods": pods,
-        "count/jobs.batch": 1.0,
-        "cost": money,
     }
-    if cls.kind == "gpu" and accelerators > 0:
-        resource = accelerator_resource(cls)
+    if resource and accelerators > 0:
         total = accelerators * pods
         out[f"requests.{resource}"] = total
         out[f"limits.{resource}"] = total
         out[resource] = total
-        hours = total * runtime / 3600.0
+    return out
+
+
+def charge(
+    d: Demand, cls: ClassInfo, request: tuple[int, float, float], runtime: float, money: float
+) -> dict[str, float]:
+    """What admitting ``d`` on ``cls`` adds to every resource a limit may cap."""
+    accelerators, cpu, memory = request
+    gpu = cls.kind == "gpu" and accelerators > 0
+    out = pod_charge(float(d.pods), cpu, memory, accelerators, accelerator_resource(cls) if gpu else None)
+    out["count/jobs.batch"] = 1.0
+    out["cost"] = money
+    if gpu:
+        hours = accelerators * d.pods * runtime / 3600.0
         out["acceleratorHours"] = hours
         out[f"acceleratorHours/{cls.name}"] = hours
     return out
