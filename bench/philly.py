@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from aitask.api import v1alpha1 as api
-from workloads import GPU_TYPES, ROOT, Cluster, cluster
+from workloads import GPU_TYPES, ROOT, Cluster, cluster, submitted
 
 SHARED = ROOT.parent / "shared" / "data"
 TRACES = SHARED / "philly"
@@ -95,16 +95,7 @@ def aitask_doc(job: TraceJob, preemption: Mapping[str, Any] | None = None) -> di
     }
     if preemption is not None:
         sub["preemption"] = dict(preemption)
-    return {
-        "apiVersion": api.API_VERSION,
-        "kind": "AITask",
-        "metadata": {
-            "name": job.name,
-            "namespace": "bench",
-            "annotations": {"aitask.dev/submit-after-seconds": str(job.arrival)},
-        },
-        "spec": {"priority": 1.0, "objective": {"timeWeight": 1.0}, "subtasks": [sub]},
-    }
+    return submitted(job.name, job.arrival, {"priority": 1.0, "objective": {"timeWeight": 1.0}, "subtasks": [sub]})
 
 
 def aitasks(jobs: Sequence[TraceJob], preemption: Mapping[str, Any] | None = None) -> list[api.AITask]:

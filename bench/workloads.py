@@ -208,19 +208,20 @@ def aitask_doc(job: Job, *, cost_weight: float | None = None, work_units: bool =
     }
     if work_units:
         subtask["work"] = {"units": job.steps / 1000.0}
+    return submitted(job.name, job.arrival, {"priority": job.priority, "objective": objective, "subtasks": [subtask]})
+
+
+def submitted(name: str, arrival: float, spec: dict[str, Any]) -> dict[str, Any]:
+    """An AITask of the benchmarks' namespace, arriving ``arrival`` seconds into the trace."""
     return {
         "apiVersion": api.API_VERSION,
         "kind": "AITask",
         "metadata": {
-            "name": job.name,
+            "name": name,
             "namespace": "bench",
-            "annotations": {"aitask.dev/submit-after-seconds": str(job.arrival)},
+            "annotations": {"aitask.dev/submit-after-seconds": str(arrival)},
         },
-        "spec": {
-            "priority": job.priority,
-            "objective": objective,
-            "subtasks": [subtask],
-        },
+        "spec": spec,
     }
 
 
