@@ -487,7 +487,10 @@ def progress_phase(
         def step(
             key: str = key, task: AITask = task, tjobs: list[JobView] = tjobs, tpods: list[PodView] = tpods
         ) -> None:
-            unseen = view.unseen_jobs.get(task.metadata.namespace or "", frozenset())
+            # Only this task's own unseen Jobs: in a burst the namespace's set changes every cycle, and a
+            # task whose inputs did not change must not be derived again for another task's new Job.
+            in_ns = view.unseen_jobs.get(task.metadata.namespace or "", frozenset())
+            unseen = frozenset(s.job for s in task.status.subtasks if s.job and s.job in in_ns) if in_ns else in_ns
             sig = (cache.parsed[key][4], tuple(tjobs), tuple(tpods), unseen)
             hit = cache.derived.get(key)
             if hit is not None and hit[0] == sig and (hit[1] is None or work.now < hit[1]):
