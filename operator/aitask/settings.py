@@ -61,7 +61,10 @@ class OperatorSettings(BaseSettings):
     prometheus_timeout_seconds: float = Field(3.0, gt=0, description="Timeout of one Prometheus query.")
     prometheus_period_seconds: float = Field(30.0, gt=0, description="How often running sub-tasks are sampled.")
     api_concurrency: int = Field(
-        16, ge=1, le=256, description="AITasks whose writes (Jobs, status, Events) may be in flight at once."
+        16,
+        ge=1,
+        le=256,
+        description="API writes (Jobs, statuses, Events) in flight at once; Jobs go first when they queue.",
     )
     api_qps: float = Field(200.0, gt=0, description="Sustained Kubernetes API requests per second of the operator.")
     api_burst: int = Field(400, ge=1, description="Requests the operator may send at once above api_qps.")

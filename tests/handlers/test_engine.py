@@ -214,6 +214,49 @@ def test_writes_of_many_tasks_overlap_up_to_the_limit_and_keep_each_tasks_order(
         assert mine == (["create_job", "patch_status", "event"] if i in admitted else ["patch_status"])
 
 
+def test_in_a_burst_every_job_goes_out_before_the_statuses_and_events_that_wait(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With one API slot, the slot goes to a waiting Job create before any waiting status or Event."""
+    calls: list[tuple[str, str]] = []
+
+    async def create_job(manifest: dict[str, Any]) -> bool:
+        await asyncio.sleep(0.001)
+        calls.append(("create_job", manifest["metadata"]["name"].split("-")[0]))
+        return True
+
+    async def patch_task_status(namespace: str, name: str, status: dict[str, Any]) -> dict[str, Any]:
+        await asyncio.sleep(0.001)
+        calls.append(("patch_status", name))
+        return {"metadata": {"resourceVersion": "6"}}
+
+    async def post_event(**kw: Any) -> None:
+        await asyncio.sleep(0.001)
+        calls.append(("event", kw["name"]))
+
+    async def patch_class_status(name: str, status: dict[str, Any]) -> None:
+        return None
+
+    for fn in (create_job, patch_task_status, post_event, patch_class_status):
+        monkeypatch.setattr(kube, fn.__name__, fn)
+    eng = Engine(settings=OperatorSettings(metrics_port=0, api_concurrency=1))
+    tasks = []
+    for i in range(6):  # the node's 8 cores fit all six
+        body = task()
+        body["metadata"] = {**body["metadata"], "name": f"t{i}", "uid": f"u{i}"}
+        tasks.append(body)
+    asyncio.run(eng.run(indexes(tasks), "burst"))
+    verbs = [verb for verb, _ in calls]
+    assert verbs.count("create_job") == 6 and verbs.count("patch_status") == 6 and verbs.count("event") == 6
+    # The first task's writes start before the others are queued; every other Job precedes every status.
+    assert max(i for i, v in enumerate(verbs) if v == "create_job") < sorted(
+        i for i, v in enumerate(verbs) if v == "patch_status")[1]
+    assert max(i for i, v in enumerate(verbs) if v == "patch_status") < min(
+        i for i, v in enumerate(verbs) if v == "event")
+    for i in range(6):  # and each task's own order holds
+        assert [v for v, what in calls if what == f"t{i}"] == ["create_job", "patch_status", "event"]
+
+
 def test_a_job_refused_by_the_api_server_is_not_retried_forever(monkeypatch: pytest.MonkeyPatch) -> None:
     api = FakeApi(monkeypatch)
 

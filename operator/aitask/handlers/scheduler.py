@@ -14,8 +14,10 @@ replica run its daemons (they stop when another peer is active), and never befor
 informer has listed once (a partial view would mistake unseen Jobs for lost ones).
 
 Writes. A cycle only computes (under the lock); its writes go out afterwards, up to
-``api_concurrency`` tasks at a time, each task's in order: Jobs created or deleted, then its
-one status write, then its Events. What a cycle decided is overlaid on the task's status
+``api_concurrency`` API calls at a time, each task's in order: Jobs created or deleted, then its
+one status write, then its TTLs and Events. Calls waiting for a slot are served by rank (Jobs,
+then statuses, then the rest), so in a burst the Jobs do not queue behind other tasks' statuses
+and Events. What a cycle decided is overlaid on the task's status
 until the watch shows it, so the next cycle (which may run while writes are in flight)
 decides from it; a write that fails drops the overlay and every later decision made from
 it, and the next cycle decides again from what the cluster shows.
@@ -38,6 +40,7 @@ from kubernetes.client.exceptions import ApiException
 from aitask import metrics
 from aitask.adapters import kube
 from aitask.adapters.prom import PrometheusClient, PrometheusUnavailable, pod_regex_for_pods
+from aitask.adapters.slots import RankedSlots
 from aitask.adapters.watch import Informers
 from aitask.api.v1alpha1 import GROUP, VERSION
 from aitask.control.cycle import (
@@ -67,6 +70,25 @@ DEBOUNCE_SECONDS = 0.05
 # A Job the API server refuses with these codes will be refused again: the task becomes Invalid.
 _REJECTED = (400, 422)
 LEGACY_FINALIZER = "aitask.dev/finalizer"
+
+
+# Ranks of API writes (lower goes first when calls queue for a slot): what a user waits for first.
+RANK_JOBS = 0  # workspace claims, Job creates and deletes
+RANK_STATUS = 1  # AITask status writes
+RANK_AFTER = 2  # Job TTLs, Events, ExecutorClass and AITaskBudget statuses
+
+
+@dataclass
+class _Held:
+    """The rank of the API slot a writer holds; None between two (it holds none)."""
+
+    rank: int | None
+
+
+def _first_rank(out: TaskOutcome) -> int:
+    if out.create_claims or out.create_jobs or out.delete_jobs:
+        return RANK_JOBS
+    return RANK_STATUS if out.status is not None else RANK_AFTER
 
 
 def _values(index: kopf.Index[str, Any] | Mapping[str, Any]) -> list[Any]:
@@ -100,7 +122,7 @@ class Engine:
     queued: dict[str, tuple[TaskOutcome, int, set[int]]] = field(default_factory=dict)  # waiting writes
     failed_serials: set[int] = field(default_factory=set)
     serial: int = 0
-    writers: asyncio.Semaphore | None = None
+    writers: RankedSlots | None = None  # API calls in flight (settings.api_concurrency), by rank
     # GPU feedback: sampled in the background so a slow Prometheus never delays a cycle.
     gpu_usage: dict[tuple[str, str, str], dict[str, Any]] = field(default_factory=dict)
     telemetry: str = "disabled"
@@ -429,8 +451,6 @@ class Engine:
         which it was decided from; Jobs, deletes, TTLs and Events add up), so a busy cluster
         costs fewer writes, not a growing queue.
         """
-        if self.writers is None:
-            self.writers = asyncio.Semaphore(max(1, self.settings.api_concurrency))
         tasks: list[asyncio.Task[None]] = []
         for out in outcome.tasks:
             if not out.writes and not out.events:
@@ -473,10 +493,18 @@ class Engine:
             self.failed_serials.add(serial)
 
     async def _writer(self, key: str) -> None:
-        """Write what is queued for one task, oldest first, until nothing is."""
+        """Write what is queued for one task, oldest first, until nothing is.
+
+        Each step of a task's writes takes an API slot of its own rank (``RANK_*``): Jobs first, then
+        the status, then TTLs and Events, so in a burst every task's Jobs go out before the statuses
+        and Events that follow them; one task's steps still go in order. What is queued for the task
+        is taken when its first slot is granted, so decisions that arrive while it waits merge.
+        """
+        slots = self._slots()
         while key in self.queued:
-            assert self.writers is not None  # noqa: S101 - set by _dispatch
-            async with self.writers:
+            held = _Held(_first_rank(self.queued[key][0]))
+            await slots.acquire(held.rank or 0)
+            try:
                 waiting = self.queued.pop(key, None)
                 if waiting is None:
                     return
@@ -484,11 +512,29 @@ class Engine:
                 if bases & self.failed_serials:
                     self._abandon(out, serial)  # decided from a status that never reached the API server
                     continue
-                await self._write_one(out, serial)
+                await self._write_one(out, serial, held)
+            finally:
+                if held.rank is not None:
+                    slots.release()
 
-    async def _write_one(self, out: TaskOutcome, serial: int) -> None:
+    def _slots(self) -> RankedSlots:
+        if self.writers is None:
+            self.writers = RankedSlots(self.settings.api_concurrency)
+        return self.writers
+
+    async def _step(self, held: _Held, rank: int) -> None:
+        """Trade the writer's slot for one of ``rank`` (kept when it is of that rank already)."""
+        if held.rank == rank:
+            return
+        slots = self._slots()
+        slots.release()
+        held.rank = None
+        await slots.acquire(rank)
+        held.rank = rank
+
+    async def _write_one(self, out: TaskOutcome, serial: int, held: _Held) -> None:
         try:
-            await self._write_ordered(out, serial)
+            await self._write_steps(out, serial, held)
         except ApiException as err:
             # One task's trouble must not stop the others; the next cycle decides again.
             self._abandon(out, serial)
@@ -499,7 +545,8 @@ class Engine:
             metrics.record_reconcile_error("AITask", "write_error")
             log.exception("writes of %s failed; the next cycle decides again", out.key)
 
-    async def _write_ordered(self, out: TaskOutcome, serial: int) -> None:
+    async def _write_steps(self, out: TaskOutcome, serial: int, held: _Held) -> None:
+        """The task's writes in order: claims and Jobs, deletes, the status, TTLs, Events."""
         for claim in out.create_claims:
             if not await self._create_claim(out, claim):
                 self._abandon(out, serial)
@@ -512,6 +559,7 @@ class Engine:
             if self._once("delete", out.namespace, job):
                 await kube.delete_job(out.namespace, job)
         if out.status is not None:
+            await self._step(held, RANK_STATUS)
             result = await kube.patch_task_status(out.namespace, out.name, out.status)
             if result is None:
                 self._abandon(out, serial)
@@ -525,6 +573,8 @@ class Engine:
                 metrics.record_cost(out.namespace, ended.class_name, ended.estimated_cost or 0.0, ended.actual_cost)
         for retry in out.retries:
             metrics.record_retry(out.namespace, retry.class_name, retry.after.label)
+        if out.expire_jobs or out.events:
+            await self._step(held, RANK_AFTER)
         for job in out.expire_jobs:
             if self._once("expire", out.namespace, job):
                 await kube.expire_job(out.namespace, job, self.settings.job_ttl_seconds)
@@ -590,7 +640,8 @@ class Engine:
     async def _write_classes(self, statuses: Mapping[str, dict[str, Any]]) -> None:
         for name, status in statuses.items():
             try:
-                await kube.patch_class_status(name, status)
+                async with self._slots().slot(RANK_AFTER):
+                    await kube.patch_class_status(name, status)
             except ApiException as err:
                 metrics.record_reconcile_error("ExecutorClass", f"api_{err.status}")
                 log.warning("status of ExecutorClass %s not written: %s", name, err.reason)
@@ -598,7 +649,8 @@ class Engine:
     async def _write_budgets(self, statuses: Mapping[tuple[str, str], dict[str, Any]]) -> None:
         for (namespace, name), status in statuses.items():
             try:
-                await kube.patch_budget_status(namespace, name, status)
+                async with self._slots().slot(RANK_AFTER):
+                    await kube.patch_budget_status(namespace, name, status)
             except ApiException as err:
                 self.budget_written.pop((namespace, name), None)
                 metrics.record_reconcile_error("AITaskBudget", f"api_{err.status}")
