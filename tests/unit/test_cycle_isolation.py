@@ -359,3 +359,28 @@ def test_a_class_full_of_other_workloads_pods_is_not_planned_as_free() -> None:
     step = {**GPU_STEP, "executor": {"accelerators": 1, "classes": ["fast", "cheap"]}}
     out = run_cycle(view([body("t", [step])], pods=foreign), CycleParams(), NOW).tasks[0]
     assert [m["metadata"]["labels"]["aitask.dev/class"] for m in out.create_jobs] == ["cheap"]
+
+
+def test_a_class_status_whose_allocation_alone_moved_is_written_at_most_every_ten_seconds() -> None:
+    ExecutorClassStatus, Learned, ResourceTotals = api.ExecutorClassStatus, api.Learned, api.ResourceTotals
+    due, refresh = cycle_mod._class_status_due, cycle_mod.CLASS_ALLOCATION_REFRESH_SECONDS
+    old = ExecutorClassStatus(capacity=ResourceTotals(nodes=2, cpu=16), allocated=ResourceTotals(cpu=2),
+                              observed_generation=1, updated_at=NOW)
+    moved = old.model_copy(update={"allocated": ResourceTotals(cpu=3)})
+    assert not due(old, old, NOW + timedelta(hours=1))  # nothing changed: never
+    assert not due(old, moved, NOW + timedelta(seconds=refresh - 1))
+    assert due(old, moved, NOW + timedelta(seconds=refresh))
+    assert due(old.model_copy(update={"updated_at": None}), moved, NOW)  # never written by us
+    # Capacity, what was learned and the spec generation are written at once.
+    soon = NOW + timedelta(seconds=1)
+    assert due(old, old.model_copy(update={"capacity": ResourceTotals(nodes=3, cpu=24)}), soon)
+    assert due(old, old.model_copy(update={"observed_generation": 2}), soon)
+    learned = {"p": Learned(samples=1, seconds_per_unit=60.0)}
+    assert due(old, old.model_copy(update={"learned": learned}), soon)
+
+
+def test_the_class_status_written_says_when() -> None:
+    out = run_cycle(view([body("t", [GPU_STEP])]), CycleParams(), NOW)
+    assert out.class_status
+    for status in out.class_status.values():
+        assert api.ExecutorClassStatus.model_validate(status).updated_at == NOW

@@ -190,6 +190,12 @@ class ExecutorClassStatus(StatusModel):
         default_factory=list, description="Reserved: this version of the operator sets no class conditions."
     )
     observed_generation: int | None = Field(None, description="The spec generation last processed.")
+    updated_at: datetime | None = Field(
+        None,
+        description="When this status was written. A change of capacity, of what was learned or of the spec is "
+        "written at once; a change of the allocation alone 10 s after the last write at the soonest (it moves "
+        "with every pod; Prometheus has it every cycle).",
+    )
 
 
 class ObjectMeta(StatusModel):

@@ -31,6 +31,7 @@ from aitask.api.v1alpha1 import (
     AITaskStatus,
     AttemptResult,
     ExecutorClass,
+    ExecutorClassStatus,
     Learned,
     ResourceTotals,
     SubtaskPhase,
@@ -64,6 +65,9 @@ from aitask.core.types import (
 )
 
 FINISHED_PHASES = FINAL_TASK_PHASES
+# A class status whose allocation alone changed is written at most this often (the periodic cycle
+# writes the last change of a burst).
+CLASS_ALLOCATION_REFRESH_SECONDS = 10.0
 
 
 @dataclass(frozen=True)
@@ -1076,9 +1080,20 @@ def class_status_phase(
                 "observed_generation": ec.metadata.generation,
             }
         )
-        if wire(new_cs) != wire(ec.status):
-            out[name] = wire(new_cs)
+        if _class_status_due(ec.status, new_cs, now):
+            out[name] = wire(new_cs.model_copy(update={"updated_at": now}))
     return out
+
+
+def _class_status_due(old: ExecutorClassStatus, new: ExecutorClassStatus, now: datetime) -> bool:
+    """Whether a class's new status is worth a write: at once for a change of capacity, learning or
+    generation; a change of the allocation alone (every pod start and end moves it) once the last write
+    is ``CLASS_ALLOCATION_REFRESH_SECONDS`` old. What is not written now is by a later cycle."""
+    if (old.capacity, old.learned, old.observed_generation) != (new.capacity, new.learned, new.observed_generation):
+        return True
+    if old.allocated == new.allocated:
+        return False
+    return old.updated_at is None or (now - old.updated_at).total_seconds() >= CLASS_ALLOCATION_REFRESH_SECONDS
 
 
 # --------------------------------------------------------------------------- the cycle
