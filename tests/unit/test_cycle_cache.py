@@ -47,3 +47,16 @@ def test_unchanged_tasks_reuse_last_cycles_decision(monkeypatch: pytest.MonkeyPa
                          telemetry="unavailable", telemetry_message="down")
     run_cycle(faster, CycleParams(), NOW + timedelta(seconds=15), cache)
     assert sorted(calls) == ["a", "b"]
+
+
+def test_running_work_is_estimated_again_when_a_runtime_moves_by_two_percent_not_for_each_nudge() -> None:
+    from types import SimpleNamespace
+
+    from aitask.control.cycle import _learned_token
+
+    def token(seconds: float) -> Any:
+        return _learned_token({("p", "cpu"): SimpleNamespace(seconds_per_unit=seconds)})
+
+    assert token(100.0) == token(100.4)  # an EWMA nudge: the cached T holds
+    assert token(100.0) != token(103.0)  # a real move: every running T is estimated again
+    assert _learned_token({}) == ()

@@ -18,6 +18,7 @@ Nothing here does I/O or reads a clock, so a cycle can be replayed from recorded
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -781,6 +782,15 @@ def _running_demand(task: AITask, st: Any, params: CycleParams) -> Demand:
     return snapshot.resumed(demand, current.progress_start, overhead, None)
 
 
+def _learned_token(learned: Mapping[tuple[str, str], Any]) -> tuple[tuple[tuple[str, str], int], ...]:
+    """What was learned, in 2% steps: a running attempt's T is estimated again when a runtime it may
+    read moved by that much. Every finish nudges an average; re-estimating all running work for each
+    nudge made a burst's cycles grow with the work in flight."""
+    return tuple(
+        sorted((k, round(math.log(max(v.seconds_per_unit, 1e-9)) / math.log(1.02))) for k, v in learned.items())
+    )
+
+
 def snapshot_phase(
     view: ClusterView,
     work: _Work,
@@ -793,7 +803,7 @@ def snapshot_phase(
     estimates = estimator.Estimator(infos, learning.learned)
     expected_cache = None
     if cache is not None:
-        token = tuple(sorted((k, v.seconds_per_unit) for k, v in learning.learned.items()))
+        token = _learned_token(learning.learned)
         for gone in [k for k in cache.expected if k not in work.progresses]:
             del cache.expected[gone]
         expected_cache = (cache.expected, token)
