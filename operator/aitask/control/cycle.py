@@ -19,6 +19,7 @@ Nothing here does I/O or reads a clock, so a cycle can be replayed from recorded
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -415,13 +416,22 @@ def is_finished(body: Mapping[str, Any]) -> bool:
 
 def parse_phase(view: ClusterView, work: _Work, cache: CycleCache) -> None:
     """Tasks in play (parsed, from the cache where unchanged); invalid and finished ones settled here."""
+    # Tasks with a Job that may need something of a finished task (its TTL set, or it stopped): a
+    # finished task without one costs a count here, nothing more.
+    leftovers: set[str] = set()
     for job in view.jobs:
-        work.jobs.setdefault(f"{job.namespace}/{job.task}", []).append(job)
+        key = f"{job.namespace}/{job.task}"
+        work.jobs.setdefault(key, []).append(job)
+        if (job.active and not job.deleting) or (job.ttl_seconds is None and job.finished):
+            leftovers.add(key)
+    finished = Counter((rec.namespace, rec.phase) for rec in view.finished)
+    for (ns, phase), n in finished.items():
+        work.phases[(ns, phase)] = work.phases.get((ns, phase), 0) + n
     for rec in view.finished:
-        work.count(rec.namespace, rec.phase)
-        done = _finished_outcome(
-            rec.namespace, rec.name, rec.uid, rec.phase, work.jobs.get(f"{rec.namespace}/{rec.name}", ())
-        )
+        key = f"{rec.namespace}/{rec.name}"
+        if key not in leftovers:
+            continue
+        done = _finished_outcome(rec.namespace, rec.name, rec.uid, rec.phase, work.jobs[key])
         if done is not None:
             work.outcomes.append(done)
     seen: dict[str, tuple[tuple[Any, ...], Any, AITask | None, str, int]] = {}
