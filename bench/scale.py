@@ -21,7 +21,9 @@ the operator's default settings, INFO logs) on one namespace, and measures in ON
    cycle count, and the log's ``cycle (`` line), time until a new AITask gets its Job, and what
    ``/readyz`` and ``/healthz`` answered meanwhile;
 7. cycle duration against N: from the operator's cycle histogram, around a small probe burst at each
-   population size.
+   population size;
+8. killburst: a burst of ``--kill-burst`` AITasks, the operator SIGKILLed once half of them have their
+   Job and started again: every AITask must finish with exactly one Job and one attempt.
 
 Run (not part of ``make test``)::
 
@@ -731,6 +733,44 @@ class Bench:
             log(f"restart: the new AITask got no Job within {self.args.restart_timeout:g} s")
 
 
+    # ---- 8: SIGKILL during a burst ------------------------------------------------------------------------
+
+    def killburst(self) -> None:
+        """SIGKILL the operator while a burst is half turned into Jobs, start it again, and check that every
+        AITask completes with exactly one Job and one attempt (nothing lost, nothing admitted twice)."""
+        n, c = self.args.kill_burst, self.args.concurrency
+        timeout = self.args.timeout_base + n * self.args.timeout_per_task
+        names = self.new_names(n, "kill")
+        log(f"killburst: {n} AITasks, SIGKILL once about half have their Job")
+        deadline = time.monotonic() + timeout
+        created: list[Created] = []
+        creator = threading.Thread(target=lambda: created.extend(
+            create_all(self.api, self.tasks_path, [aitask_body(x, self.args.duration) for x in names], c, deadline)))
+        creator.start()
+        while self.watch.count(names) < n // 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        at_kill = self.watch.count(names)
+        self.op.kill()
+        t_kill = time.monotonic()
+        self.op.start()
+        creator.join(max(1.0, deadline - time.monotonic()))
+        if not self.watch.wait_for(names, deadline):
+            raise PhaseFailed(f"killburst: only {self.watch.count(names)} of {n} AITasks got a Job")
+        finished_s = self.wait_finished(names, max(1.0, deadline - time.monotonic()), "killburst")
+        wanted = set(names)
+        tasks = [t for t in self.api.list_all(self.tasks_path) if t["metadata"]["name"] in wanted]
+        subs = [s for t in tasks for s in (t.get("status") or {}).get("subtasks") or []]
+        phases = Counter((t.get("status") or {}).get("phase") for t in tasks)
+        self.result["killburst"] = {
+            "n": n, "created": len(created), "with_a_job_at_kill": at_kill, "listed": len(tasks),
+            "phases": dict(phases), "subtasks": len(subs),
+            "subtasks_not_one_attempt": sum(1 for s in subs
+                                            if s.get("attempts") != 1 or len(s.get("history") or []) != 1),
+            "aitasks_with_more_than_one_job": sum(1 for x in names if self.watch.jobs_per_owner.get(x, 0) > 1),
+            "all_finished_s_after_kill": round(time.monotonic() - t_kill, 1), "wait_finished_s": round(finished_s, 1),
+        }
+
+
 def _r(v: float | None) -> float | None:
     return None if v is None else round(v, 1)
 
@@ -823,6 +863,12 @@ def table(r: dict[str, Any]) -> str:
                      f"{s['timeout_s']:g} s)"))
         rows.append(("  new AITask -> its Job", f"{s['new_aitask_job_s']} s"))
         rows.append(("  /readyz, /healthz meanwhile (0 = no answer)", ch))
+    k = r.get("killburst")
+    if k:
+        rows.append((f"SIGKILL during a burst of {k['n']} (at {k['with_a_job_at_kill']} with a Job)",
+                     f"phases {k['phases']}; sub-tasks not at exactly one attempt {k['subtasks_not_one_attempt']} "
+                     f"of {k['subtasks']}; AITasks with more than one Job {k['aitasks_with_more_than_one_job']}; "
+                     f"all finished {k['all_finished_s_after_kill']} s after the kill"))
     ol = r.get("operator_log") or {}
     if ol.get("longest_logged_cycle_s") is not None:
         rows.append(("longest cycle in the operator log", f"{ol['longest_logged_cycle_s']} s: "
@@ -844,6 +890,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--small", action="store_true",
                    help="a few minutes: --burst 200 --populations 500,1000 --steady-seconds 10")
     p.add_argument("--burst", type=int, default=1000, help="AITasks (and plain Jobs) per burst")
+    p.add_argument("--kill-burst", type=int, default=1000,
+                   help="AITasks of the burst during which the operator is SIGKILLed")
     p.add_argument("--rates", type=lambda s: [float(x) for x in s.split(",")], default=[5.0, 20.0],
                    help="steady creation rates per second, comma-separated")
     p.add_argument("--steady-seconds", type=float, default=30.0, help="how long each steady rate runs")
@@ -861,14 +909,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--timeout-base", type=float, default=120.0)
     p.add_argument("--timeout-per-task", type=float, default=0.5, help="added to each phase's bound per AITask")
     p.add_argument("--no-audit", action="store_true", help="no API server audit log (metric deltas only)")
-    p.add_argument("--skip", default="", help="phases to skip, comma-separated: burst,steady,populations,idle,restart")
+    p.add_argument("--skip", default="",
+                   help="phases to skip, comma-separated: burst,steady,populations,idle,restart,killburst")
     p.add_argument("--dir", default=None, help="cluster folder (default .e2e/scale-<time>, removed unless --keep)")
     p.add_argument("--keep", action="store_true", help="leave the cluster folder (logs, audit) behind")
     p.add_argument("--json", default=None, help="also write every figure here")
     args = p.parse_args(argv)
     if args.small:
-        defaults = {"burst": 1000, "steady_seconds": 30.0, "populations": [1000, 5000, 10000], "idle_seconds": 60.0}
-        small = {"burst": 200, "steady_seconds": 10.0, "populations": [500, 1000], "idle_seconds": 60.0}
+        defaults = {"burst": 1000, "kill_burst": 1000, "steady_seconds": 30.0, "populations": [1000, 5000, 10000],
+                    "idle_seconds": 60.0}
+        small = {"burst": 200, "kill_burst": 200, "steady_seconds": 10.0, "populations": [500, 1000],
+                 "idle_seconds": 60.0}
         for k, v in small.items():
             if getattr(args, k) == defaults[k]:
                 setattr(args, k, v)
@@ -930,7 +981,7 @@ def main(argv: list[str] | None = None) -> int:
         watch.ready.wait(30)
         bench = Bench(args, cluster, api, Audit(audit_path), op, watch, result=result)
         skip = set(filter(None, args.skip.split(",")))
-        for phase in ("burst", "steady", "populations", "idle", "restart"):
+        for phase in ("burst", "steady", "populations", "idle", "restart", "killburst"):
             if phase in skip:
                 continue
             try:
