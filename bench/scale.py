@@ -11,7 +11,8 @@ the operator's default settings, INFO logs) on one namespace, and measures in ON
    namespace setup (two namespaces created alike; the operator runs during both);
 2. create -> Job latency p50/p99 at steady rates (client-side monotonic clock: the create call's
    return, and the Job's ADDED event on a watch);
-3. operator RSS (VmRSS of its Python process) with 1,000 / 5,000 / 10,000 finished AITasks present;
+3. operator RSS (VmRSS of its Python process) with 1,000 / 5,000 / 10,000 finished AITasks present,
+   created in batches of ``--fill-batch``, each finished before the next;
 4. writes per AITask by resource and verb: exactly, from an API server audit log (writes only,
    attributed by user and user agent: the operator runs as the harness's admin user, as do kwok and
    this script, which differ by user agent), and from ``apiserver_request_total`` before/after (that
@@ -628,12 +629,14 @@ class Bench:
                 timeout = self.args.timeout_base + missing * self.args.timeout_per_task
                 deadline = time.monotonic() + timeout
                 names: list[str] = []
+                # Batch after batch, each finished before the next: the population is N finished AITasks
+                # (what a cluster keeps), not one burst of N (the burst phase measures bursts).
                 for start in range(0, missing, self.args.fill_batch):
                     batch = self.new_names(min(self.args.fill_batch, missing - start), "fill")
                     create_all(self.api, self.tasks_path, [aitask_body(x, self.args.duration) for x in batch],
                                self.args.concurrency, deadline)
                     names += batch
-                self.wait_finished(names, max(1.0, deadline - time.monotonic()), f"population {target}")
+                    self.wait_finished(batch, max(1.0, deadline - time.monotonic()), f"population {target}")
             fill_s = time.monotonic() - t0
             fill_cycles = cycles(operator_metrics(self.op)).minus(fill_before).summary()
             time.sleep(self.args.settle)

@@ -1,4 +1,4 @@
-"""adapters.slots.RankedSlots: a bound on calls in flight, served by rank then arrival."""
+"""adapters.slots.RankedSlots: a bound on calls in flight, served by arrival + rank x step."""
 
 from __future__ import annotations
 
@@ -29,6 +29,34 @@ def test_a_freed_slot_goes_to_the_lowest_rank_then_the_oldest() -> None:
 
     asyncio.run(main())
     assert order == ["job-a", "job-b", "status", "status-2", "event"]
+
+
+def test_an_old_waiter_is_served_before_newer_more_urgent_ones() -> None:
+    """No starvation: a status write waiting longer than the step goes before Job creates that keep coming."""
+    now = [0.0]
+    order: list[str] = []
+
+    async def main() -> None:
+        slots = RankedSlots(1, step=5.0, clock=lambda: now[0])
+        await slots.acquire(0)
+
+        async def want(name: str, rank: int) -> None:
+            async with slots.slot(rank):
+                order.append(name)
+
+        waiters = [asyncio.create_task(want("status", 1))]
+        await asyncio.sleep(0)
+        now[0] = 4.0  # within the step: this Job goes first
+        waiters.append(asyncio.create_task(want("job-soon", 0)))
+        await asyncio.sleep(0)
+        now[0] = 6.0  # past it: the status that waited goes first
+        waiters.append(asyncio.create_task(want("job-late", 0)))
+        await asyncio.sleep(0)
+        slots.release()
+        await asyncio.gather(*waiters)
+
+    asyncio.run(main())
+    assert order == ["job-soon", "status", "job-late"]
 
 
 def test_never_more_holders_than_slots() -> None:

@@ -2,8 +2,11 @@
 
 ``asyncio.Semaphore`` wakes waiters in arrival order. In a burst that puts one task's Event behind
 another's status write behind a third's Job create, so the Jobs (what a user waits for) come out
-at the pace of all writes together. Here each waiter names a rank (lower is more urgent) and a
-freed slot goes to the lowest rank, oldest first within a rank.
+at the pace of all writes together. Here each waiter names a rank (lower is more urgent) and is
+served as if it had arrived ``rank * step`` seconds later than it did: a Job create goes ahead of
+the status writes that queued less than ``step`` before it, never of older ones. Strict ranks
+would starve: while Jobs keep coming (10,000 AITasks at once), no status would be written, every
+task would stay in play and the operator's memory would grow with them.
 """
 
 from __future__ import annotations
@@ -11,17 +14,20 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 
 class RankedSlots:
-    """At most ``size`` holders at once; waiters served by (rank, arrival)."""
+    """At most ``size`` holders at once; waiters served by arrival + rank x ``step`` seconds."""
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, step: float = 5.0, clock: Callable[[], float] = time.monotonic) -> None:
         self.size = max(1, size)
         self.free = self.size
-        self._waiters: list[tuple[int, int, asyncio.Future[None]]] = []
+        self.step = step
+        self.clock = clock
+        self._waiters: list[tuple[float, int, asyncio.Future[None]]] = []
         self._arrivals = itertools.count()
 
     async def acquire(self, rank: int) -> None:
@@ -29,7 +35,7 @@ class RankedSlots:
             self.free -= 1
             return
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        heapq.heappush(self._waiters, (rank, next(self._arrivals), fut))
+        heapq.heappush(self._waiters, (self.clock() + rank * self.step, next(self._arrivals), fut))
         try:
             await fut
         except asyncio.CancelledError:
