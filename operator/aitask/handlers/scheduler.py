@@ -15,9 +15,10 @@ informer has listed once (a partial view would mistake unseen Jobs for lost ones
 
 Writes. A cycle only computes (under the lock); its writes go out afterwards, up to
 ``api_concurrency`` API calls at a time, each task's in order: Jobs created or deleted, then its
-one status write, then its TTLs and Events. Calls waiting for a slot are served by rank (Jobs,
-then statuses, then the rest), so in a burst the Jobs do not queue behind other tasks' statuses
-and Events. What a cycle decided is overlaid on the task's status
+one status write, then its TTLs and Events. Calls waiting for a slot are served by arrival plus
+rank x 5 s (Jobs, then statuses, then the rest), so in a burst the Jobs do not queue behind other
+tasks' statuses and Events, and no write waits behind newer ones for longer than that.
+What a cycle decided is overlaid on the task's status
 until the watch shows it, so the next cycle (which may run while writes are in flight)
 decides from it; a write that fails drops the overlay and every later decision made from
 it, and the next cycle decides again from what the cluster shows.
@@ -495,10 +496,11 @@ class Engine:
     async def _writer(self, key: str) -> None:
         """Write what is queued for one task, oldest first, until nothing is.
 
-        Each step of a task's writes takes an API slot of its own rank (``RANK_*``): Jobs first, then
-        the status, then TTLs and Events, so in a burst every task's Jobs go out before the statuses
-        and Events that follow them; one task's steps still go in order. What is queued for the task
-        is taken when its first slot is granted, so decisions that arrive while it waits merge.
+        Each step of a task's writes takes an API slot of its own rank (``RANK_*``), served as if it
+        had arrived rank x 5 s later (``RankedSlots``): in a burst the Jobs go out ahead of the statuses
+        and Events queued in the last seconds, and nothing waits behind newer work for longer. One
+        task's steps still go in order. What is queued for the task is taken when its first slot is
+        granted, so decisions that arrive while it waits merge.
         """
         slots = self._slots()
         while key in self.queued:
