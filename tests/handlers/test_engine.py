@@ -170,43 +170,57 @@ def test_readiness_waits_for_the_first_cycle(monkeypatch: pytest.MonkeyPatch) ->
     assert eng.ready()
 
 
+class TimedApi:
+    """A fake API whose calls each take ``delay`` s; records (verb, task) in completion order and the
+    most calls it had in flight at once."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, delay: float) -> None:
+        self.calls: list[tuple[str, str]] = []
+        self.now = self.peak = 0
+
+        async def timed(verb: str, what: str) -> None:
+            self.now += 1
+            self.peak = max(self.peak, self.now)
+            await asyncio.sleep(delay)
+            self.calls.append((verb, what))
+            self.now -= 1
+
+        async def create_job(manifest: dict[str, Any]) -> bool:
+            await timed("create_job", manifest["metadata"]["name"].split("-")[0])
+            return True
+
+        async def patch_task_status(namespace: str, name: str, status: dict[str, Any]) -> dict[str, Any]:
+            await timed("patch_status", name)
+            return {"metadata": {"resourceVersion": "6"}}
+
+        async def post_event(**kw: Any) -> None:
+            await timed("event", kw["name"])
+
+        async def patch_class_status(name: str, status: dict[str, Any]) -> None:
+            return None
+
+        for fn in (create_job, patch_task_status, post_event, patch_class_status):
+            monkeypatch.setattr(kube, fn.__name__, fn)
+
+
+def many_tasks(n: int) -> list[dict[str, Any]]:
+    """``n`` one-step tasks t0..t{n-1}."""
+    out = []
+    for i in range(n):
+        body = task()
+        body["metadata"] = {**body["metadata"], "name": f"t{i}", "uid": f"u{i}"}
+        out.append(body)
+    return out
+
+
 def test_writes_of_many_tasks_overlap_up_to_the_limit_and_keep_each_tasks_order(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    state = {"now": 0, "peak": 0}
-    calls: list[tuple[str, str]] = []
-
-    async def slow(verb: str, what: str) -> None:
-        state["now"] += 1
-        state["peak"] = max(state["peak"], state["now"])
-        await asyncio.sleep(0.01)
-        calls.append((verb, what))
-        state["now"] -= 1
-
-    async def create_job(manifest: dict[str, Any]) -> bool:
-        await slow("create_job", manifest["metadata"]["name"].split("-")[0])
-        return True
-
-    async def patch_task_status(namespace: str, name: str, status: dict[str, Any]) -> dict[str, Any]:
-        await slow("patch_status", name)
-        return {"metadata": {"resourceVersion": "6"}}
-
-    async def post_event(**kw: Any) -> None:
-        await slow("event", kw["name"])
-
-    async def patch_class_status(name: str, status: dict[str, Any]) -> None:
-        return None
-
-    for fn in (create_job, patch_task_status, post_event, patch_class_status):
-        monkeypatch.setattr(kube, fn.__name__, fn)
+    api = TimedApi(monkeypatch, 0.01)
     eng = Engine(settings=OperatorSettings(metrics_port=0, api_concurrency=4))
-    tasks = []
-    for i in range(20):
-        body = task()
-        body["metadata"] = {**body["metadata"], "name": f"t{i}", "uid": f"u{i}"}
-        tasks.append(body)
-    asyncio.run(eng.run(indexes(tasks), "burst"))
-    assert state["peak"] == 4  # bounded, and really concurrent
+    asyncio.run(eng.run(indexes(many_tasks(20)), "burst"))
+    calls = api.calls
+    assert api.peak == 4  # bounded, and really concurrent
     admitted = [i for i in range(20) if ("create_job", f"t{i}") in calls]
     assert len(admitted) == 8  # the node has 8 cores: 8 one-core tasks start, 12 wait (status only)
     for i in range(20):
@@ -218,34 +232,10 @@ def test_in_a_burst_every_job_goes_out_before_the_statuses_and_events_that_wait(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """With one API slot, the slot goes to a waiting Job create before any waiting status or Event."""
-    calls: list[tuple[str, str]] = []
-
-    async def create_job(manifest: dict[str, Any]) -> bool:
-        await asyncio.sleep(0.001)
-        calls.append(("create_job", manifest["metadata"]["name"].split("-")[0]))
-        return True
-
-    async def patch_task_status(namespace: str, name: str, status: dict[str, Any]) -> dict[str, Any]:
-        await asyncio.sleep(0.001)
-        calls.append(("patch_status", name))
-        return {"metadata": {"resourceVersion": "6"}}
-
-    async def post_event(**kw: Any) -> None:
-        await asyncio.sleep(0.001)
-        calls.append(("event", kw["name"]))
-
-    async def patch_class_status(name: str, status: dict[str, Any]) -> None:
-        return None
-
-    for fn in (create_job, patch_task_status, post_event, patch_class_status):
-        monkeypatch.setattr(kube, fn.__name__, fn)
+    api = TimedApi(monkeypatch, 0.001)
     eng = Engine(settings=OperatorSettings(metrics_port=0, api_concurrency=1))
-    tasks = []
-    for i in range(6):  # the node's 8 cores fit all six
-        body = task()
-        body["metadata"] = {**body["metadata"], "name": f"t{i}", "uid": f"u{i}"}
-        tasks.append(body)
-    asyncio.run(eng.run(indexes(tasks), "burst"))
+    asyncio.run(eng.run(indexes(many_tasks(6)), "burst"))  # the node's 8 cores fit all six
+    calls = api.calls
     verbs = [verb for verb, _ in calls]
     assert verbs.count("create_job") == 6 and verbs.count("patch_status") == 6 and verbs.count("event") == 6
     # The first task's writes start before the others are queued; every other Job precedes every status.

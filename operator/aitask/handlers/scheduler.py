@@ -504,8 +504,9 @@ class Engine:
         """
         slots = self._slots()
         while key in self.queued:
-            held = _Held(_first_rank(self.queued[key][0]))
-            await slots.acquire(held.rank or 0)
+            rank = _first_rank(self.queued[key][0])
+            await slots.acquire(rank)
+            held = _Held(rank)
             try:
                 waiting = self.queued.pop(key, None)
                 if waiting is None:
