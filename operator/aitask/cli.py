@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import importlib
 import os
+import signal
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -55,16 +60,42 @@ def _cmd_run(args: argparse.Namespace) -> int:
     priority = 0 if standalone else peering_priority(settings.peering_priority)
     startup.WATCH.update(namespaces=list(namespaces), standalone=bool(standalone), identity=identity, priority=priority)
     kopf.configure(verbose=args.verbose)
-    kopf.run(
+    operate(
+        kopf.operator,
         clusterwide=not namespaces,
         namespaces=list(namespaces),
         standalone=standalone,
         peering_name=None if standalone else settings.peering_name,
         priority=None if standalone else priority,
-        identity=identity,  # type: ignore[arg-type]  # kopf's Identity is a NewType of str
+        identity=identity,
         liveness_endpoint=args.liveness,
     )
     return 0
+
+
+def operate(operator: Callable[..., Awaitable[None]], **options: Any) -> None:
+    """Run Kopf's operator in a new event loop that stops on SIGTERM/SIGINT from its first moment.
+
+    Kopf installs its own signal handlers only after the start-up activity has run, and by then the
+    metrics/health server is already answering: a SIGTERM in that window (a rollout right after a
+    start, a quick test) used to take Python's default action and end the process on the spot, with
+    no cleanup. Here the loop's handlers raise Kopf's stop flag until Kopf replaces them.
+    """
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        stop: asyncio.Future[signal.Signals] = loop.create_future()
+
+        def stopping(sig: signal.Signals) -> None:
+            if not stop.done():
+                stop.set_result(sig)
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stopping, sig)
+        await operator(stop_flag=stop, **options)
+
+    with contextlib.suppress(asyncio.CancelledError):
+        asyncio.run(main())
 
 
 def peering_priority(configured: int | None, now: float | None = None) -> int:

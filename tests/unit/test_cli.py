@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
+import signal
+
 import pytest
 import yaml
 
 from aitask import __version__
-from aitask.cli import main, peering_priority
+from aitask.cli import main, operate, peering_priority
 
 
 def test_version(capsys: pytest.CaptureFixture[str]) -> None:
@@ -32,3 +36,21 @@ def test_agent_options_reach_the_agent_parser(capsys: pytest.CaptureFixture[str]
 def test_peering_priority_prefers_the_older_replica() -> None:
     assert peering_priority(None, now=1_000.0) > peering_priority(None, now=1_000.001)
     assert peering_priority(7, now=1_000.0) == 7
+
+
+def test_a_sigterm_before_kopfs_own_handlers_stops_the_operator_through_its_stop_flag() -> None:
+    """The window between the health server answering and Kopf's signal handlers: a SIGTERM there
+    raises the stop flag (and so runs the cleanup) instead of killing the process outright."""
+    seen: list[object] = []
+
+    async def operator(*, stop_flag: asyncio.Future[signal.Signals], **options: object) -> None:
+        seen.append(options)
+        os.kill(os.getpid(), signal.SIGTERM)  # Python's default action would end pytest here
+        seen.append(await asyncio.wait_for(stop_flag, timeout=5))
+
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        operate(operator, clusterwide=True)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert seen == [{"clusterwide": True}, signal.SIGTERM]
