@@ -30,6 +30,12 @@ class OperatorSettings(BaseSettings):
     default_time_weight: float = Field(1.0, ge=0, description="alpha: default weight of time in F.")
     default_cost_weight: float = Field(0.0, ge=0, description="beta: default weight of cost (per currency unit) in F.")
     scheduling_period_seconds: float = Field(5.0, gt=0, description="Period of the scheduling cycle.")
+    idle_resync_seconds: float = Field(
+        60.0,
+        ge=0,
+        description="While every AITask is finished and nothing is left to write, the periodic cycle runs this "
+        "often instead (watch events still start a cycle at once); 0: always the scheduling period.",
+    )
     ageing_seconds: float = Field(600.0, gt=0, description="Waiting this long doubles a sub-task's ordering weight.")
     learning_rate: float = Field(0.3, gt=0, le=1, description="EWMA weight of a new observed runtime.")
     job_ttl_seconds: int = Field(3600, ge=0, description="ttlSecondsAfterFinished on finished child Jobs.")

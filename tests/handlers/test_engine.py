@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -416,3 +417,39 @@ def test_a_wake_up_sooner_than_the_period_asks_for_a_cycle_then(monkeypatch: pyt
     asyncio.run(go())
     assert pokes == ["wake-up"]
     assert eng.wakeup is None
+
+
+def test_an_idle_cluster_gets_the_slower_resync_and_a_task_brings_the_period_back(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Thousands of finished tasks and nothing to do: the periodic cycle runs every idle_resync_seconds;
+    a task in play (or a write still in flight) brings back the scheduling period."""
+    from aitask.handlers.indexes import aitask_entry
+
+    api = FakeApi(monkeypatch)
+    eng = Engine(settings=OperatorSettings(metrics_port=0, scheduling_period_seconds=0.1, idle_resync_seconds=0.8))
+    entries = [aitask_entry(finished_task(i)) for i in range(50)]
+    asyncio.run(eng.run(indexes(entries), "first"))  # writes the class status: not settled
+    assert not eng.settled and eng.period() == 0.1
+    seen = indexes(entries)
+    seen["executorclass_index"] = {"all": [{**c, "status": api.class_status[c["metadata"]["name"]]} for c in CLASSES]}
+    asyncio.run(eng.run(seen, "idle"))
+    assert eng.settled and eng.quiet() and eng.period() == 0.8
+    pokes: list[tuple[float, str]] = []
+
+    async def watch_periodic(seconds: float) -> None:
+        start = time.monotonic()
+        monkeypatch.setattr(eng, "poke", lambda reason: pokes.append((time.monotonic() - start, reason)))
+        eng.last_run = time.monotonic()
+        loop = asyncio.create_task(eng.periodic())
+        await asyncio.sleep(seconds)
+        loop.cancel()
+
+    asyncio.run(watch_periodic(1.2))
+    assert pokes and all(reason == "period" for _, reason in pokes)
+    assert pokes[0][0] >= 0.7  # not at 0.1 s: the idle resync
+    eng.created[("ns", "job-in-flight")] = time.monotonic()  # a Job of ours the watch has not shown yet
+    assert eng.period() == 0.1
+    del eng.created[("ns", "job-in-flight")]
+    asyncio.run(eng.run(indexes([task()], []), "new task"))  # a task in play: Job created
+    assert not eng.settled and eng.period() == 0.1

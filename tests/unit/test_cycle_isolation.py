@@ -18,8 +18,8 @@ CPU_STEP = {"name": "prep", "type": "preprocess", "image": "r/prep:1", "estimate
 
 
 def view(tasks: list[dict[str, Any]], **kw: Any) -> ClusterView:
-    return ClusterView(tasks=tasks, jobs=kw.pop("jobs", []), pods=kw.pop("pods", []), nodes=NODES, classes=CLASSES,
-                       **kw)
+    return ClusterView(tasks=tasks, jobs=kw.pop("jobs", []), pods=kw.pop("pods", []), nodes=NODES,
+                       classes=kw.pop("classes", CLASSES), **kw)
 
 
 def admitted(out: Any) -> set[str]:
@@ -384,3 +384,28 @@ def test_the_class_status_written_says_when() -> None:
     assert out.class_status
     for status in out.class_status.values():
         assert api.ExecutorClassStatus.model_validate(status).updated_at == NOW
+
+
+def test_a_cycle_with_nothing_in_play_and_nothing_to_write_is_settled() -> None:
+    """``settled`` lets the engine run its periodic cycle less often while the cluster is idle: only when
+    no task is in play and the cycle writes nothing; an allocation change it holds back wakes it."""
+    done = [FinishedTask(namespace="ns", name=f"d{i}", uid=f"u{i}", phase="Succeeded") for i in range(3)]
+    busy = run_cycle(view([body("t", [CPU_STEP])], finished=done), CycleParams(), NOW)
+    assert not busy.stats.settled  # a task in play
+    first = run_cycle(view([], finished=done), CycleParams(), NOW)
+    assert first.class_status and not first.stats.settled  # capacity written once
+    written = [{**c, "status": first.class_status[c["metadata"]["name"]]} for c in CLASSES]
+    idle = run_cycle(view([], finished=done, classes=written), CycleParams(), NOW)
+    assert idle.stats.settled and not idle.class_status and idle.stats.next_wakeup is None
+    assert not idle.tasks
+    # A pod of another workload moves the allocation of a class: held back for the refresh interval,
+    # and the cycle says when it is due.
+    foreign = [PodView(namespace="other", name="x", job="", node="f1", phase="Running", terminated_reason="",
+                       exit_code=None, deleting=False, requests={"nvidia.com/gpu": "1", "cpu": "1"})]
+    soon = NOW + timedelta(seconds=1)
+    held = run_cycle(view([], finished=done, classes=written, pods=foreign), CycleParams(), soon)
+    assert held.stats.settled and not held.class_status
+    assert held.stats.next_wakeup == NOW + timedelta(seconds=cycle_mod.CLASS_ALLOCATION_REFRESH_SECONDS)
+    later = NOW + timedelta(seconds=cycle_mod.CLASS_ALLOCATION_REFRESH_SECONDS)
+    due = run_cycle(view([], finished=done, classes=written, pods=foreign), CycleParams(), later)
+    assert set(due.class_status) == {"fast"} and not due.stats.settled

@@ -22,7 +22,7 @@ import math
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from pydantic import ValidationError
@@ -196,6 +196,8 @@ class CycleStats:
     parsed: int = 0  # tasks parsed this cycle (the rest came from the cache)
     derived: int = 0  # tasks whose progress was derived this cycle
     next_wakeup: datetime | None = None  # earliest time a waiting task needs a cycle without any event
+    # Nothing in play and nothing to write: until a watch event or ``next_wakeup``, a cycle decides the same.
+    settled: bool = False
 
 
 @dataclass(frozen=True)
@@ -1065,9 +1067,16 @@ def _recorded_finished_jobs(jobs: Sequence[JobView], subtasks: Sequence[Any]) ->
 
 
 def class_status_phase(
-    ecs: Mapping[str, ExecutorClass], nodes: Sequence[NodeInfo], learning: _Learning, now: datetime
+    ecs: Mapping[str, ExecutorClass],
+    nodes: Sequence[NodeInfo],
+    learning: _Learning,
+    now: datetime,
+    wakeups: list[datetime] | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """Capacity and allocation (bound pods plus the operator's reservations) per class, learned runtimes."""
+    """Capacity and allocation (bound pods plus the operator's reservations) per class, learned runtimes.
+
+    An allocation change held back by the refresh interval adds its due time to ``wakeups``.
+    """
     out: dict[str, dict[str, Any]] = {}
     for name, ec in ecs.items():
         members = [n for n in nodes if name in n.classes]
@@ -1102,6 +1111,8 @@ def class_status_phase(
         )
         if _class_status_due(ec.status, new_cs, now):
             out[name] = wire(new_cs.model_copy(update={"updated_at": now}))
+        elif wakeups is not None and ec.status.allocated != new_cs.allocated and ec.status.updated_at is not None:
+            wakeups.append(ec.status.updated_at + timedelta(seconds=CLASS_ALLOCATION_REFRESH_SECONDS))
     return out
 
 
@@ -1156,7 +1167,14 @@ def run_cycle(view: ClusterView, params: CycleParams, now: datetime, cache: Cycl
     snap = variants_phase(snap, queue, work, sched_params)
     result = schedule_phase(snap, queue, work, sched_params)
     pending, waits = decisions_phase(view, work, result, queue, ecs, params.kueue_default_queue, cache)
-    class_status = class_status_phase(ecs, snap.nodes, learning, now)
+    class_status = class_status_phase(ecs, snap.nodes, learning, now, work.wakeups)
+    settled = not (
+        work.tasks
+        or work.errors
+        or class_status
+        or limited.writes
+        or any(o.writes or o.events or o.create_claims for o in work.outcomes)
+    )
     stats = CycleStats(
         tasks_by_phase=work.phases,
         admitted=sum(1 for a in result.admitted if queue.owner[a.key] in work.tasks),
@@ -1167,6 +1185,7 @@ def run_cycle(view: ClusterView, params: CycleParams, now: datetime, cache: Cycl
         parsed=work.parsed,
         derived=work.derived,
         next_wakeup=min(work.wakeups) if work.wakeups else None,
+        settled=settled,
     )
     return CycleOutcome(
         tasks=tuple(work.outcomes),

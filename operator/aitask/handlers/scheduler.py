@@ -143,6 +143,7 @@ class Engine:
     created: dict[tuple[str, str], float] = field(default_factory=dict)  # (ns, job) created, not seen yet
     budget_written: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)  # last budget statuses
     wakeup: asyncio.TimerHandle | None = None  # the cycle at stats.next_wakeup, when sooner than the period
+    settled: bool = False  # the last cycle found nothing in play and wrote nothing (the idle resync applies)
 
     def healthy(self) -> bool:
         """Liveness: a few failed cycles in a row (an API outage, a bug) make a restart worthwhile."""
@@ -179,8 +180,18 @@ class Engine:
         period = self.settings.scheduling_period_seconds
         while True:
             await asyncio.sleep(period / 2)
-            if time.monotonic() - self.last_run >= period * 0.9:
+            if time.monotonic() - self.last_run >= self.period() * 0.9:
                 self.poke("period")
+
+    def period(self) -> float:
+        """Seconds between periodic cycles: the scheduling period, or the idle resync while settled."""
+        if self.settled and self.settings.idle_resync_seconds > 0 and self.quiet():
+            return max(self.settings.scheduling_period_seconds, self.settings.idle_resync_seconds)
+        return self.settings.scheduling_period_seconds
+
+    def quiet(self) -> bool:
+        """No write of ours queued, in flight or still to be seen by the watch."""
+        return not (self.queued or self.inflight or self.written or self.created)
 
     def sources(self) -> dict[str, Mapping[str, Any]]:
         """The informers' stores in the shape ``run`` reads."""
@@ -347,6 +358,7 @@ class Engine:
             writes = await self._run(indexes, reason)
         except Exception:
             self.failures += 1
+            self.settled = False
             raise
         self.failures = 0
         return writes
@@ -375,6 +387,7 @@ class Engine:
             )
             outcome = await asyncio.to_thread(run_cycle, view, self.params(), now, self.cache)
             writes = self._dispatch(outcome, based)
+            self.settled = outcome.stats.settled and not writes
             self._wake_at(outcome.stats.next_wakeup, now)
             self.cycles += 1
             self._record(outcome, time.perf_counter() - start, reason)
@@ -711,7 +724,7 @@ class Engine:
         if when is None:
             return
         delay = (when - now).total_seconds()
-        if 0 <= delay < self.settings.scheduling_period_seconds:
+        if 0 <= delay < self.period():
             self.wakeup = asyncio.get_running_loop().call_later(delay + 0.01, self.poke, "wake-up")
 
     def poke(self, reason: str) -> None:
