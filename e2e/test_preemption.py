@@ -7,16 +7,18 @@ moves to a faster one when it frees."""
 from __future__ import annotations
 
 import json
+import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from e2e.cluster import Cluster
 from e2e.operator import Operator, running_operator
-from e2e.test_operator import aitask, classes, sim, task_status
+from e2e.test_operator import REPO, aitask, classes, sim, task_status
 from e2e.util import events, get, list_objects, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -25,11 +27,12 @@ __all__ = ["classes"]  # the module-scoped fixture: CRDs and the sample Executor
 GRACE = 5
 OVERHEAD = 2
 PREEMPTIBLE = {"allowed": True, "gracePeriodSeconds": GRACE, "resumeOverheadSeconds": OVERHEAD}
+MIN_RUN = "2"  # seconds an attempt runs before it may be preempted (the operator's and the preview's)
 
 
 @pytest.fixture
 def operator(cluster: Cluster, namespace: str, classes: dict[str, Any], tmp_path: Path) -> Iterator[Operator]:
-    env = {"AITASK_PREEMPT_MIN_RUN_SECONDS": "2"}
+    env = {"AITASK_PREEMPT_MIN_RUN_SECONDS": MIN_RUN}
     with running_operator(cluster, namespace, tmp_path, env) as op:
         yield op
         print(f"--- operator log ({namespace}) ---\n{op.log(200)}")  # shown only when the test fails
@@ -117,8 +120,22 @@ def test_a_preemptible_task_on_a_slow_pool_migrates_when_a_faster_one_frees(
     finished(cluster, operator, namespace, "mover")
 
 
+def plan_live(cluster: Cluster, body: dict[str, Any], tmp_path: Path) -> dict[str, Any]:
+    """``aitask plan --kubeconfig`` of one AITask, with the operator's minimum run time of this module."""
+    path = tmp_path / f"{body['metadata']['name']}.yaml"
+    path.write_text(yaml.safe_dump(body))
+    out = subprocess.run(
+        [str(REPO / ".venv/bin/python"), "-m", "aitask", "plan", str(path), "--kubeconfig", str(cluster.kubeconfig),
+         "--format", "json", "--preempt-min-run-seconds", MIN_RUN],
+        capture_output=True, text=True, timeout=60, check=False, cwd=REPO,
+    )
+    assert out.returncode == 0, out.stderr
+    plan: dict[str, Any] = json.loads(out.stdout)
+    return plan
+
+
 def test_preempted_for_a_short_task_resumes_and_the_operator_killed_meanwhile_loses_nothing(
-    cluster: Cluster, namespace: str, operator: Operator
+    cluster: Cluster, namespace: str, operator: Operator, tmp_path: Path
 ) -> None:
     # The estimate on a T4 says ten hours, so the short task's ratio is far higher; the pods themselves end
     # within a minute (KWOK), so nothing of this test holds a GPU for long after it.
@@ -131,9 +148,12 @@ def test_preempted_for_a_short_task_resumes_and_the_operator_killed_meanwhile_lo
     wait_attempt(cluster, operator, namespace, "long", 1, "Running")
     job = wait_for(lambda: get(cluster, "job", "long-train-1", namespace), timeout=30, what="Job long-train-1")
     assert job["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == GRACE  # what its pods get
+    short = aitask("short", [step("short", pools=["t4"], seconds=60, on="t4", duration="4s")], priority=10)
+    # Previewed first: `aitask plan` on the live cluster names the work the operator is about to stop.
+    preview = plan_live(cluster, {**short, "metadata": {**short["metadata"], "namespace": namespace}}, tmp_path)
+    assert [(p["task"], p["subtask"]) for p in preview["subtasks"][0]["preempts"]] == [(f"{namespace}/long", "train")]
     with JobWatch(cluster, namespace, "long") as watch:
-        cluster.apply(aitask("short", [step("short", pools=["t4"], seconds=60, on="t4", duration="4s")], priority=10),
-                      namespace=namespace)
+        cluster.apply(short, namespace=namespace)
         h = wait_attempt(cluster, operator, namespace, "long", 1, "Preempted")
         # Killed right after the preemption was recorded, before or while its Job goes: a fresh operator
         # neither loses the attempt (no failure, no retry) nor starts a second Job beside the first.

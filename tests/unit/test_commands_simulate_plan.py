@@ -151,7 +151,13 @@ def test_plan_kubeconfig_errors_are_one_line(tmp_path: Path, capsys: pytest.Capt
 
 
 def test_pod_requests_count_init_containers_like_the_scheduler() -> None:
-    from aitask.adapters.kube_read import pod_requests
+    """The pod view (what the cycle and the live preview count) sums the containers, or takes the largest
+    init container where that is more."""
+    from aitask.control.cycle import _pod_requests
+    from aitask.core.observed import pod_view
+
+    def pod_requests(body: dict[str, Any]) -> dict[str, float]:
+        return _pod_requests(pod_view(body))
 
     pod = {"spec": {
         "containers": [

@@ -152,3 +152,27 @@ def test_work_done_counts_the_resume_overhead_out() -> None:
     plan = sub.plan.model_copy(update={"estimated_seconds": 50_060.0})
     done = work_done(t.spec.subtasks[0], sub.history[-1], plan, NOW)
     assert done == pytest.approx(0.5 + (7200 - 60) / 100_000)
+
+
+def test_the_plan_preview_shows_the_preemption_the_operator_would_make() -> None:
+    """``aitask plan --kubeconfig`` plans on ``cluster_snapshot`` of the live cluster: the running
+    preemptible work is in it with the demand it would resume as, so the preview of a short
+    high-priority task names the work it would stop, and a non-preemptible one is never named."""
+    from aitask.control.cycle import cluster_snapshot
+    from aitask.core.planner import plan_task
+    from aitask.core.types import SchedulerParams
+
+    for preemption, expected in ((PREEMPTIBLE, ["ns/long/train"]), (None, [])):
+        view = ClusterView(tasks=[body("long", [long_step(preemption)], status=running_status())], jobs=[job()],
+                           pods=[pod()], nodes=NODES, classes=CLASSES)
+        snap = cluster_snapshot(view, CycleParams(), NOW)
+        assert [str(r.key) for r in snap.running] == ["ns/long/train"] and not snap.demands
+        assert (snap.running[0].resume is not None) == (preemption is not None)
+        short = AITask.model_validate(body("short", [SHORT], priority=10))
+        plan = plan_task(short, snap.classes, snap.nodes, now=snap.now, learned=snap.learned, running=snap.running,
+                         limits=snap.limits, params=SchedulerParams())
+        sub = plan.subtasks[0]
+        assert [str(p.key) for p in sub.preempts] == expected
+        assert not sub.admissible_now  # the GPU is held until the stopped pod is gone
+        if expected:
+            assert sub.preempts[0].by is not None and str(sub.preempts[0].by) == "ns/short/train"

@@ -1,33 +1,33 @@
-"""Read-only cluster state for `aitask plan --kubeconfig`: nodes, ExecutorClasses, pod usage.
+"""Read-only cluster state for `aitask plan --kubeconfig`: what the operator's informers would hold.
 
-Only ``list`` calls, so the preview needs no write permission. Objects come back as plain
-camelCase dicts (the shape ``core.snapshot.node_info`` reads).
+Only ``list`` calls, so the preview needs no write permission: nodes, ExecutorClasses, AITasks, our
+child Jobs, pods, ResourceQuotas and AITaskBudgets, reduced to the views the scheduling cycle reads
+(``control.cycle.ClusterView``). Lists that these credentials may not read are left empty, and the
+note says what the preview then does not know.
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from aitask.api import v1alpha1 as api
-from aitask.core.quantity import parse_quantity
-
-TERMINAL_PHASES = ("Succeeded", "Failed")
+from aitask.control.cycle import ClusterView
+from aitask.core.observed import LABEL_TASK, JobView, job_view, pod_view, quota_view
 
 
 class ClusterReadError(RuntimeError):
     """The cluster could not be read (no kubeconfig, unreachable, forbidden): say it in one line."""
 
 
-def list_cluster(
-    kubeconfig: str | None = None, context: str | None = None
-) -> tuple[list[api.ExecutorClass], list[dict[str, Any]], dict[str, dict[str, float]], str]:
-    """(ExecutorClasses, Node dicts, requests in use per node, note); ``ClusterReadError`` on failure."""
+def read_cluster(kubeconfig: str | None = None, context: str | None = None) -> tuple[ClusterView, str]:
+    """(the cluster as the cycle sees it, note); ``ClusterReadError`` on failure."""
     import urllib3
     from kubernetes.client.exceptions import ApiException
     from kubernetes.config.config_exception import ConfigException
 
     try:
-        return _list_cluster(kubeconfig, context)
+        return _read_cluster(kubeconfig, context)
     except ConfigException as err:
         raise ClusterReadError(f"kubeconfig: {err}") from err
     except ApiException as err:
@@ -38,55 +38,53 @@ def list_cluster(
         raise ClusterReadError(f"cannot read the cluster: {err}") from err
 
 
-def _list_cluster(
-    kubeconfig: str | None = None, context: str | None = None
-) -> tuple[list[api.ExecutorClass], list[dict[str, Any]], dict[str, dict[str, float]], str]:
-    """(ExecutorClasses, Node dicts, requests in use per node, note).
+# What the preview loses when a list is forbidden (403), or the kind is not installed (404).
+_WITHOUT = {
+    "pods": "pods: nodes are taken as idle",
+    "aitasks": "AITasks: running work is not known (no preemption is previewed)",
+    "jobs": "Jobs: running work is not known (no preemption is previewed)",
+    "resourcequotas": "ResourceQuotas: quotas are not checked",
+    "aitaskbudgets": "AITaskBudgets: namespace budgets are not checked",
+}
 
-    The usage comes from the non-terminal pods bound to each node; when listing pods is
-    forbidden the usage is empty and ``note`` says so (the preview then assumes idle nodes).
-    """
+
+def _read_cluster(kubeconfig: str | None, context: str | None) -> tuple[ClusterView, str]:
     from kubernetes import client, config
     from kubernetes.client.exceptions import ApiException
 
     loader: Any = config.load_kube_config
     loader(config_file=kubeconfig, context=context)
     api_client: Any = client.ApiClient()
-    core: Any = client.CoreV1Api(api_client)
-    custom: Any = client.CustomObjectsApi(api_client)
-    nodes = [api_client.sanitize_for_serialization(n) for n in core.list_node().items]
-    raw: dict[str, Any] = custom.list_cluster_custom_object(api.GROUP, api.VERSION, "executorclasses")
-    classes = [api.ExecutorClass.model_validate(item) for item in raw.get("items", [])]
-    used: dict[str, dict[str, float]] = {}
-    note = ""
-    try:
-        pods = core.list_pod_for_all_namespaces(
-            field_selector=",".join(f"status.phase!={phase}" for phase in TERMINAL_PHASES)
-        ).items
-    except ApiException as err:
-        if err.status != 403:
-            raise
-        pods = []
-        note = "pods cannot be listed with these credentials: nodes are assumed idle"
-    for pod in pods:
-        node_name = pod.spec.node_name if pod.spec is not None else None
-        if not node_name:
-            continue
-        book = used.setdefault(node_name, {})
-        for name, amount in pod_requests(api_client.sanitize_for_serialization(pod)).items():
-            book[name] = book.get(name, 0.0) + amount
-    return classes, nodes, used, note
+    missing: list[str] = []
 
+    def items(path: str, kind: str = "", **query: str) -> list[dict[str, Any]]:
+        """One list call, plain JSON in and out; a forbidden or absent optional kind is empty."""
+        method, url, headers, _, _ = api_client.param_serialize(
+            "GET",
+            path,
+            query_params=list(query.items()),
+            header_params={"Accept": "application/json"},
+            auth_settings=["BearerToken"],
+        )
+        response = api_client.call_api(method, url, header_params=headers)
+        data = response.read()
+        if not 200 <= response.status <= 299:
+            if kind and response.status in (403, 404):
+                missing.append(_WITHOUT[kind])
+                return []
+            raise ApiException(http_resp=response)
+        return list(json.loads(data).get("items") or [])
 
-def pod_requests(pod: dict[str, Any]) -> dict[str, float]:
-    """Effective requests of a pod as the kube-scheduler counts them: the sum over containers,
-    or the largest init container where that is more."""
-    spec = pod.get("spec") or {}
-    total: dict[str, float] = {}
-    for container in spec.get("containers") or []:
-        for name, value in ((container.get("resources") or {}).get("requests") or {}).items():
-            total[name] = total.get(name, 0.0) + parse_quantity(value)
-    for container in spec.get("initContainers") or []:
-        for name, value in ((container.get("resources") or {}).get("requests") or {}).items():
-            total[name] = max(total.get(name, 0.0), parse_quantity(value))
-    return total
+    group = f"/apis/{api.GROUP}/{api.VERSION}"
+    jobs = [j for j in (job_view(b) for b in items("/apis/batch/v1/jobs", "jobs", labelSelector=LABEL_TASK)) if j]
+    view = ClusterView(
+        nodes=items("/api/v1/nodes"),
+        classes=items(f"{group}/executorclasses"),
+        tasks=items(f"{group}/aitasks", "aitasks"),
+        jobs=[j for j in jobs if isinstance(j, JobView)],
+        pods=[pod_view(b) for b in items("/api/v1/pods", "pods")],
+        quotas=[quota_view(b) for b in items("/api/v1/resourcequotas", "resourcequotas")],
+        budgets=items(f"{group}/aitaskbudgets", "aitaskbudgets"),
+    )
+    note = f"cannot list {'; '.join(missing)}" if missing else ""
+    return view, note

@@ -2,8 +2,10 @@
 
 Preview where each sub-task would run and what it would cost, with the alternatives the cost
 model considered, before anything is submitted. With ``--cluster`` the nodes are taken as idle;
-with ``--kubeconfig`` nodes, ExecutorClasses (and their learned runtimes) and the requests of
-running pods are read from the cluster, read-only.
+with ``--kubeconfig`` the cluster is read (list calls only) and reduced by the operator's own cycle
+(``control.cycle.cluster_snapshot``): nodes less every pod and reservation, the running AITasks'
+work (so the preview shows which preemptible work would be stopped for the task), what the
+ExecutorClasses learned, ResourceQuotas and AITaskBudgets.
 
 JSON: one object per AITask (a list when the file holds several) with ``task``,
 ``namespace``, ``feasible``, ``critical_path_seconds``, ``critical_path``,
@@ -12,7 +14,9 @@ JSON: one object per AITask (a list when the file holds several) with ``task``,
 ``estimated_seconds``, ``wait_seconds``, ``estimated_cost``, ``score``, ``estimate_source``,
 ``admissible_now``, ``nodes``, ``message``, ``alternatives``, and for a sub-task with variants
 ``variant``, ``quality`` and ``pairs``: every (variant, class) pair with the alternative's keys
-plus ``variant`` and ``quality``, F including the quality term, best first).
+plus ``variant`` and ``quality``, F including the quality term, best first), and ``preempts``:
+the running preemptible sub-tasks the scheduler would stop for it now (``task`` as
+namespace/name, ``subtask``, ``class``, ``message``; always empty with ``--cluster``).
 """
 
 from __future__ import annotations
@@ -20,13 +24,15 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from datetime import UTC, datetime
 from typing import Any, TextIO
 
+from aitask.control.cycle import CycleParams, cluster_snapshot
 from aitask.core.dag import CycleError, UnknownDependencyError
 from aitask.core.planner import TaskPlan, plan_task
 from aitask.core.quantity import format_cpu, format_memory
 from aitask.core.snapshot import class_info, learned_map, node_info
-from aitask.core.types import Option, SchedulerParams
+from aitask.core.types import Option, Preemption, SchedulerParams, Snapshot
 from aitask.files import FileFormatError, load_cluster, load_workload
 
 
@@ -45,45 +51,48 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
     parser.add_argument("--format", choices=["table", "json"], default="table", dest="output_format")
     parser.add_argument("--time-weight", type=float, default=1.0, help="default alpha for tasks that set none")
     parser.add_argument("--cost-weight", type=float, default=0.0, help="default beta for tasks that set none")
-    parser.add_argument("--now", type=float, default=0.0, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--no-preemption", action="store_true", help="preview as an operator with AITASK_PREEMPTION=false"
+    )
+    parser.add_argument(
+        "--preempt-min-run-seconds",
+        type=float,
+        default=600.0,
+        help="the operator's AITASK_PREEMPT_MIN_RUN_SECONDS (running work younger than this is not stopped)",
+    )
+    parser.add_argument("--preempt-factor", type=float, default=2.0, help="the operator's AITASK_PREEMPT_FACTOR")
+    parser.add_argument("--now", type=float, default=None, help=argparse.SUPPRESS)
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     try:
         tasks = load_workload(args.aitask)
-        used: dict[str, dict[str, float]] = {}
-        if args.cluster:
-            executor_classes, node_docs = load_cluster(args.cluster)
-        else:
-            from aitask.adapters.kube_read import ClusterReadError, list_cluster
-
-            try:
-                executor_classes, node_docs, used, note = list_cluster(args.kubeconfig, args.context)
-            except ClusterReadError as err:
-                print(f"aitask plan: {err}", file=sys.stderr)
-                return 2
-            if note:
-                print(f"aitask plan: {note}", file=sys.stderr)
-    except FileFormatError as err:
+        state = _file_state(args) if args.cluster else _live_state(args)
+    except (FileFormatError, _ReadError) as err:
         print(f"aitask plan: {err}", file=sys.stderr)
         return 2
-    classes = {ec.metadata.name: class_info(ec) for ec in executor_classes}
-    if not classes:
+    if not state.classes:
         print("aitask plan: the cluster has no ExecutorClass", file=sys.stderr)
         return 2
-    nodes = [n for n in (node_info(doc, classes, used.get(_node_name(doc), {})) for doc in node_docs) if n is not None]
+    params = SchedulerParams(
+        preemption=not args.no_preemption,
+        preempt_min_run_seconds=args.preempt_min_run_seconds,
+        preempt_factor=args.preempt_factor,
+    )
     plans: list[TaskPlan] = []
     for task in tasks:
         try:
             plans.append(
                 plan_task(
                     task,
-                    classes,
-                    nodes,
-                    now=args.now,
-                    learned=learned_map(executor_classes),
-                    params=SchedulerParams(),
+                    state.classes,
+                    state.nodes,
+                    now=state.now,
+                    learned=state.learned,
+                    running=state.running,
+                    limits=state.limits,
+                    params=params,
                     default_time_weight=args.time_weight,
                     default_cost_weight=args.cost_weight,
                 )
@@ -103,8 +112,44 @@ def run(args: argparse.Namespace) -> int:
     return 0 if all(p.feasible for p in plans) else 1
 
 
-def _node_name(doc: dict[str, Any]) -> str:
-    return str((doc.get("metadata") or {}).get("name", ""))
+class _ReadError(Exception):
+    """The cluster could not be read: one line for the user."""
+
+
+def _file_state(args: argparse.Namespace) -> Snapshot:
+    """A cluster file: its nodes idle, nothing running, what its ExecutorClasses learned."""
+    executor_classes, node_docs = load_cluster(args.cluster)
+    classes = {ec.metadata.name: class_info(ec) for ec in executor_classes}
+    nodes = tuple(n for n in (node_info(doc, classes, {}) for doc in node_docs) if n is not None)
+    return Snapshot(
+        now=args.now if args.now is not None else 0.0,
+        classes=classes,
+        nodes=nodes,
+        demands=(),
+        learned=learned_map(executor_classes),
+    )
+
+
+def _live_state(args: argparse.Namespace) -> Snapshot:
+    """The live cluster as the operator's cycle would see it (read-only): nodes less every pod and
+    reservation, running work (preemptible work with what it would resume as), quotas and budgets."""
+    from aitask.adapters.kube_read import ClusterReadError, read_cluster
+
+    try:
+        view, note = read_cluster(args.kubeconfig, args.context)
+    except ClusterReadError as err:
+        raise _ReadError(str(err)) from err
+    if note:
+        print(f"aitask plan: {note}", file=sys.stderr)
+    now = datetime.fromtimestamp(args.now, UTC) if args.now is not None else datetime.now(UTC)
+    params = CycleParams(
+        default_time_weight=args.time_weight,
+        default_cost_weight=args.cost_weight,
+        preemption=not args.no_preemption,
+        preempt_min_run_seconds=args.preempt_min_run_seconds,
+        preempt_factor=args.preempt_factor,
+    )
+    return cluster_snapshot(view, params, now)
 
 
 def _option_json(o: Option) -> dict[str, Any]:
@@ -117,6 +162,15 @@ def _option_json(o: Option) -> dict[str, Any]:
         "estimated_cost": o.cost,
         "score": o.score,
         "estimate_source": o.estimate_source,
+    }
+
+
+def _preemption_json(p: Preemption) -> dict[str, Any]:
+    return {
+        "task": f"{p.key.namespace}/{p.key.task}",
+        "subtask": p.key.subtask,
+        "class": p.class_name,
+        "message": p.message,
     }
 
 
@@ -146,6 +200,7 @@ def plan_json(p: TaskPlan) -> dict[str, Any]:
                 "nodes": list(s.nodes),
                 "message": s.message,
                 "alternatives": [_option_json(o) for o in s.alternatives],
+                "preempts": [_preemption_json(pr) for pr in s.preempts],
             }
         )
         if s.pairs:
@@ -216,6 +271,8 @@ def write_table(p: TaskPlan, out: TextIO) -> None:
                 )
             else:
                 rows.append(("", f"  {label}", "", "", "", "", "", "", f"infeasible: {o.reason}"))
+        for pr in s.preempts:
+            rows.append(("", f"  would preempt {pr.key} on {pr.class_name}", "", "", "", "", "", "", ""))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for row in rows:
         out.write("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip() + "\n")

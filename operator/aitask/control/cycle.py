@@ -42,7 +42,7 @@ from aitask.api.v1alpha1 import (
 from aitask.build import workspace
 from aitask.control import preemption
 from aitask.control.decisions import Retry, Telemetry, decide_task, wire
-from aitask.control.limits import InPlay, limits_phase
+from aitask.control.limits import InPlay, LimitsResult, limits_phase
 from aitask.core import conditions as cond
 from aitask.core import estimator, progress, scheduler, snapshot, variants
 from aitask.core.budgets import BudgetUse, Spend
@@ -1130,6 +1130,38 @@ def _class_status_due(old: ExecutorClassStatus, new: ExecutorClassStatus, now: d
 # --------------------------------------------------------------------------- the cycle
 
 
+def _limits(
+    view: ClusterView, work: _Work, infos: Mapping[str, ClassInfo], now: datetime, cache: CycleCache
+) -> LimitsResult:
+    """Quotas and budgets as the tasks in play and the finished tasks' spends leave them."""
+    return limits_phase(
+        [InPlay(work.tasks[k], p, work.jobs.get(k, []), work.bodies[k]) for k, p in work.progresses.items()],
+        view.pods,
+        view.quotas,
+        view.budgets,
+        [(rec.namespace, s) for rec in view.finished for s in rec.spends],
+        infos,
+        now,
+        cache.spends,
+    )
+
+
+def cluster_snapshot(view: ClusterView, params: CycleParams, now: datetime) -> Snapshot:
+    """The state a cycle would schedule on, without its own queue: nodes less every pod and reservation,
+    the running work (preemptible work with the demand it would resume as), what was learned, and the
+    quotas and budgets. ``aitask plan`` previews a new task against it, so it sees what the operator sees."""
+    cache = CycleCache()
+    ecs = _parse_classes(view.classes, [], cache)
+    infos: dict[str, ClassInfo] = {name: snapshot.class_info(ec) for name, ec in ecs.items()}
+    work = _Work(now=now)
+    parse_phase(view, work, cache)
+    progress_phase(view, work, infos, params, cache)
+    learning = learning_phase(work, ecs, params)
+    limited = _limits(view, work, infos, now, cache)
+    snap, _ = snapshot_phase(view, work, infos, learning, params, cache)
+    return replace(snap, demands=(), limits=limited.limits)
+
+
 def run_cycle(view: ClusterView, params: CycleParams, now: datetime, cache: CycleCache | None = None) -> CycleOutcome:
     """Decide everything one cycle does; see the module docstring for the phases."""
     cache = cache if cache is not None else CycleCache()
@@ -1140,16 +1172,7 @@ def run_cycle(view: ClusterView, params: CycleParams, now: datetime, cache: Cycl
     parse_phase(view, work, cache)
     progress_phase(view, work, infos, params, cache)
     learning = learning_phase(work, ecs, params)
-    limited = limits_phase(
-        [InPlay(work.tasks[k], p, work.jobs.get(k, []), work.bodies[k]) for k, p in work.progresses.items()],
-        view.pods,
-        view.quotas,
-        view.budgets,
-        [(rec.namespace, s) for rec in view.finished for s in rec.spends],
-        infos,
-        now,
-        cache.spends,
-    )
+    limited = _limits(view, work, infos, now, cache)
     warnings.extend(limited.warnings)
     work.wakeups.extend(limited.wakeups)
     snap, queue = snapshot_phase(view, work, infos, learning, params, cache)

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from aitask.core.quantity import parse_quantity
+
 LABEL_TASK = "aitask.dev/task"
 LABEL_SUBTASK = "aitask.dev/subtask"
 LABEL_ATTEMPT = "aitask.dev/attempt"
@@ -182,16 +184,32 @@ def _pod_shape(body: Mapping[str, Any], annotations: Mapping[str, str]) -> dict[
     }
 
 
+def _container_requests(container: Mapping[str, Any]) -> dict[str, Any]:
+    resources = container.get("resources") or {}
+    requests = dict(resources.get("limits") or {})  # a limit without a request is the request
+    requests.update(resources.get("requests") or {})
+    return requests
+
+
 def _sum_requests(spec: Mapping[str, Any]) -> dict[str, str]:
-    # Quantities stay strings here; the snapshot builder parses them once per cycle.
+    """A pod's requests as the kube-scheduler counts them: the sum over its containers, or its largest
+    init container where that is more. Quantities stay strings joined by "+" (the snapshot builder
+    parses them once per cycle), except where an init container decides."""
     out: dict[str, list[str]] = {}
     for container in spec.get("containers") or []:
-        resources = container.get("resources") or {}
-        requests = dict(resources.get("limits") or {})
-        requests.update(resources.get("requests") or {})
-        for name, qty in requests.items():
+        for name, qty in _container_requests(container).items():
             out.setdefault(name, []).append(str(qty))
-    return {name: "+".join(values) for name, values in out.items()}
+    joined = {name: "+".join(values) for name, values in out.items()}
+    for container in spec.get("initContainers") or []:
+        for name, qty in _container_requests(container).items():
+            try:
+                alone = parse_quantity(str(qty))
+                summed = sum(parse_quantity(q) for q in joined[name].split("+")) if name in joined else 0.0
+            except ValueError:
+                continue
+            if alone > summed:
+                joined[name] = repr(alone)
+    return joined
 
 
 MAX_WAITING = 200  # characters of a pending pod's reason kept in its view (and shown in Events)

@@ -20,11 +20,13 @@ from aitask.core.snapshot import demand_for
 from aitask.core.types import (
     TASK_BUDGET,
     ClassInfo,
+    CycleResult,
     Demand,
     Learned,
     Limit,
     NodeInfo,
     Option,
+    Preemption,
     Running,
     SchedulerParams,
     Snapshot,
@@ -49,6 +51,7 @@ class SubtaskPlan:
     variant: str = ""  # the chosen variant, when the sub-task lists variants
     quality: float | None = None
     pairs: tuple[variants.Pair, ...] = ()  # every (variant, class) pair, F with the quality term
+    preempts: tuple[Preemption, ...] = ()  # running preemptible work the scheduler would stop for it now
 
 
 @dataclass(frozen=True)
@@ -73,6 +76,15 @@ def _variant_fields(choice: variants.VariantChoice | None, chosen: Option | None
         "quality": choice.variant.quality,
         "pairs": choice.pairs,
     }
+
+
+def _read(result: CycleResult) -> tuple[Option | None, tuple[Option, ...], bool, tuple[str, ...], str]:
+    """(chosen, alternatives, admissible now, nodes, message) of a one-demand schedule."""
+    if result.admitted:
+        adm = result.admitted[0]
+        return adm.chosen, adm.alternatives, True, adm.nodes, adm.message
+    deferral = result.deferred[0]
+    return deferral.best, deferral.alternatives, False, (), deferral.message
 
 
 def _own_budget(task: api.AITask, spent: float) -> tuple[Limit, ...]:
@@ -139,16 +151,11 @@ def plan_task(
             ),
             params,
         )
-        if result.admitted:
-            adm = result.admitted[0]
-            chosen: Option | None = adm.chosen
-            alternatives = adm.alternatives
-            admissible, placed, message = True, adm.nodes, adm.message
-        else:
-            deferral = result.deferred[0]
-            chosen = deferral.best
-            alternatives = deferral.alternatives
-            admissible, placed, message = False, (), deferral.message
+        chosen, alternatives, admissible, placed, message = _read(result)
+        preempts = tuple(p for p in result.preempted if p.by == demand.key)
+        if preempts:  # the sub-tasks after this one do not stop the same work again
+            stopped = {p.key for p in preempts}
+            running_tuple = tuple(r for r in running_tuple if r.key not in stopped)
         spent += (chosen.cost or 0.0) if chosen is not None else 0.0
         runtime = (chosen.runtime_seconds or 0.0) if chosen is not None else 0.0
         wait = (chosen.wait_seconds or 0.0) if chosen is not None else 0.0
@@ -169,6 +176,7 @@ def plan_task(
             ),
             start_seconds=start,
             finish_seconds=start + runtime,
+            preempts=preempts,
             **_variant_fields(choice, chosen),
         )
     length, path = dag.critical_path(deps, runtimes)
