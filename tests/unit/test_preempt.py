@@ -229,3 +229,25 @@ def test_a_resumed_attempt_is_not_learned() -> None:
     result = simulate(CLASSES, nodes, _trace(learn_units=True), params=SchedulerParams(), learn=True)  # type: ignore[arg-type]
     assert result.preemptions == 1
     assert [o.profile for o in result.observations] == ["r/short"]
+
+
+def test_victims_are_chosen_per_node_so_a_whole_node_pod_stops_no_more_than_it_needs() -> None:
+    """A 4-GPU pod needs one whole node. Node a holds two 2-GPU victims (the lowest and the highest ratio),
+    node b one 4-GPU victim: stopping b alone frees a node; taking the lowest ratio across nodes first
+    would stop a1 as well, for nothing."""
+    nodes = [busy("a", "v100"), busy("b", "v100")]
+    a1 = running("default/a1/train", ["a"], gpus=2, left=180_000.0)
+    a2 = running("default/a2/train", ["a"], gpus=2, left=100_000.0)
+    b = running("default/b/train", ["b"], gpus=4, left=60_000.0)
+    out = cycle([newcomer(by_class={"v100": 600.0})], nodes, [a1, a2, b])
+    assert [str(p.key) for p in out.preempted] == ["default/b/train"]
+    assert out.preempted[0].reason == PREEMPTED_FOR and out.preempted[0].target_class == "v100"
+
+
+def test_a_gang_gets_room_on_as_many_nodes_as_it_has_pods() -> None:
+    """Two 4-GPU pods: one node each; one victim per node is stopped, the third node's victim is not."""
+    nodes = [busy("a", "v100"), busy("b", "v100"), busy("c", "v100")]
+    run = [running(f"default/{n}/train", [n], left=left) for n, left in (("a", 90_000.0), ("b", 80_000.0),
+                                                                         ("c", 10_000.0))]
+    out = cycle([newcomer(pods=2, by_class={"v100": 600.0})], nodes, run)
+    assert sorted(str(p.key) for p in out.preempted) == ["default/a/train", "default/b/train"]

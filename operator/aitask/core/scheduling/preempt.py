@@ -11,9 +11,11 @@ the work it has left and its resume overhead). Two decisions:
    *d*'s seconds include the switch it causes (the victim's grace period and resume overhead):
    the exchange argument of Smith's rule with the switch cost inside F. With
    ``preempt_order="attained"`` the ratio is ``1 / (units * (attained seconds + 1))``
-   (least attained service; no runtime knowledge needed). Victims are taken lowest ratio
-   first until *d*'s pods fit on the nodes they free (a gang is freed whole, on every node
-   it holds); what the victims free beyond *d*'s pods stays for the next demand.
+   (least attained service; no runtime knowledge needed). Victims are chosen node by node:
+   each pod of *d* goes to a node that has room, else to the node where the least stopped
+   work (fewest units, then the lowest ratio) makes room for it, so a 4-GPU pod empties one
+   node rather than stopping victims spread over several; a gang victim is freed whole, on
+   every node it holds, and what the victims free beyond *d*'s pods stays for the next demand.
 2. **Migrate.** A running attempt whose remaining time on its class is more than
    ``migrate_factor`` times its remaining time on another class that has room now (its
    resume overhead and grace period included, and by at least the minimum run time) is
@@ -114,6 +116,26 @@ class _View:
         unit = accelerator_resource(cls) if cls.kind == "gpu" else "cpu"
         return any(self.free[n].get(unit, 0.0) >= 1.0 - _EPS for n in self.members.get(class_name, ()))
 
+    def fits_on(self, node: str, class_name: str, choice: Choice) -> bool:
+        """Whether one pod of the choice's request fits on the node now."""
+        accelerators, cpu, memory = choice.request
+        book = self.free[node]
+        resource = accelerator_resource(self.classes[class_name])
+        return (
+            book.get(resource, 0.0) - accelerators >= -_EPS
+            and book.get("cpu", 0.0) - cpu >= -_EPS
+            and book.get("memory", 0.0) - memory >= -_EPS
+        )
+
+    def give(self, class_name: str, choice: Choice, node: str) -> None:
+        """Undo ``take`` of one pod on the node."""
+        accelerators, cpu, memory = choice.request
+        resource = accelerator_resource(self.classes[class_name])
+        book = self.free[node]
+        book[resource] = book.get(resource, 0.0) + accelerators
+        book["cpu"] = book.get("cpu", 0.0) + cpu
+        book["memory"] = book.get("memory", 0.0) + memory
+
     def take(self, class_name: str, choice: Choice, nodes: Sequence[str]) -> None:
         accelerators, cpu, memory = choice.request
         resource = accelerator_resource(self.classes[class_name])
@@ -199,26 +221,87 @@ def _displace(
         if nodes is not None:  # room is being freed for it already (stopping work)
             view.take(choice.name, choice, nodes)
             return None
-        chosen: list[_Victim] = []
-        for v in victims.get(choice.name, ()):
-            if v.item.stopping or v.demand.priority > d.priority:
-                continue
-            seconds = choice.runtime + max([v.switch] + [c.switch for c in chosen])
-            attained = _attained(d, choice.runtime)
-            mine = _ratio(params.preempt_order, d, choice.units, seconds, attained=attained)
-            if mine <= params.preempt_factor * v.ratio:
-                break  # victims are sorted by ratio: no later one qualifies either
-            chosen.append(v)
-            view.add(v.item, 1.0)
-            nodes = view.fit(choice.name, choice, d.pods)
-            if nodes is not None:
-                view.take(choice.name, choice, nodes)
-                for c in chosen:
-                    c.item = _stopping(c.item)
-                return choice.name, chosen
+        eligible = [v for v in victims.get(choice.name, ()) if _may_displace(d, choice, v, params)]
+        chosen = _room_by_node(d, choice, view, eligible) if eligible else None
+        if chosen is None:
+            continue
+        switch = max(v.switch for v in chosen)
+        mine = _ratio(
+            params.preempt_order, d, choice.units, choice.runtime + switch, attained=_attained(d, choice.runtime)
+        )
+        nodes = view.fit(choice.name, choice, d.pods)
+        if nodes is not None and all(mine > params.preempt_factor * v.ratio for v in chosen):
+            view.take(choice.name, choice, nodes)
+            for c in chosen:
+                c.item = _stopping(c.item)
+            return choice.name, chosen
         for v in chosen:
             view.add(v.item, -1.0)
     return None
+
+
+def _may_displace(d: Demand, choice: Choice, v: _Victim, params: SchedulerParams) -> bool:
+    """Whether the demand on this class beats the victim by the factor, the switch it causes included."""
+    if v.item.stopping or v.demand.priority > d.priority:
+        return False
+    mine = _ratio(
+        params.preempt_order, d, choice.units, choice.runtime + v.switch, attained=_attained(d, choice.runtime)
+    )
+    return mine > params.preempt_factor * v.ratio
+
+
+def _room_by_node(d: Demand, choice: Choice, view: _View, eligible: Sequence[_Victim]) -> list[_Victim] | None:
+    """Victims (added back to the view) that free room for every pod of the demand, node by node: each
+    pod goes to a node that has room, else to the node where the least stopped work makes room (fewest
+    units, then the lowest ratio), so a 4-GPU pod empties one node instead of victims spread over many.
+    None, with the view as it was, when the eligible victims cannot make room for all the pods."""
+    chosen: list[_Victim] = []
+    booked: list[str] = []  # one pod held per entry while the next one is placed
+    ok = True
+    for _ in range(d.pods):
+        free = view.fit(choice.name, choice, 1)
+        if free is not None:
+            view.take(choice.name, choice, free)
+            booked.extend(free)
+            continue
+        best: tuple[tuple[float, float], list[_Victim], str] | None = None
+        for node in view.members.get(choice.name, ()):
+            trial = _free_node(node, choice, view, [v for v in eligible if node in v.item.nodes and v not in chosen])
+            if trial is None:
+                continue
+            cost = (sum(v.units for v in trial), max((v.ratio for v in trial), default=0.0))
+            if best is None or cost < best[0]:
+                best = (cost, trial, node)
+        if best is None:
+            ok = False
+            break
+        for v in best[1]:
+            view.add(v.item, 1.0)
+            chosen.append(v)
+        view.take(choice.name, choice, [best[2]])
+        booked.append(best[2])
+    for node in booked:
+        view.give(choice.name, choice, node)
+    if ok:
+        return chosen
+    for v in chosen:
+        view.add(v.item, -1.0)
+    return None
+
+
+def _free_node(node: str, choice: Choice, view: _View, here: Sequence[_Victim]) -> list[_Victim] | None:
+    """The lowest-ratio victims on the node whose stop lets one pod of the choice fit there; the view unchanged."""
+    trial: list[_Victim] = []
+    fits = False
+    for v in sorted(here, key=lambda v: (v.ratio, str(v.item.key))):
+        view.add(v.item, 1.0)
+        trial.append(v)
+        if view.fits_on(node, choice.name, choice):
+            fits = True
+            break
+    for v in trial:
+        view.add(v.item, -1.0)
+    return trial if fits else None
 
 
 def _stopping(item: Running) -> Running:
