@@ -41,7 +41,7 @@ from aitask.api.v1alpha1 import (
 )
 from aitask.build import workspace
 from aitask.control import preemption
-from aitask.control.decisions import Retry, Telemetry, decide_task, wire
+from aitask.control.decisions import Retry, TaskDecision, Telemetry, decide_task, wire
 from aitask.control.limits import InPlay, LimitsResult, limits_phase
 from aitask.core import conditions as cond
 from aitask.core import estimator, progress, scheduler, snapshot, variants
@@ -996,30 +996,9 @@ def decisions_phase(
                 cache.decided[key] = (prog, sig, decision, wire_new, wire_old, raw, changed)
             for cls_name in decision.pending_classes:
                 pending[cls_name] = pending.get(cls_name, 0) + 1
-            ns = task.metadata.namespace or ""
-            work.count(ns, decision.status.phase)
-            expire = _recorded_finished_jobs(work.jobs.get(key, []), decision.status.subtasks)
+            work.count(task.metadata.namespace or "", decision.status.phase)
             work.outcomes.append(
-                TaskOutcome(
-                    namespace=ns,
-                    name=task.metadata.name,
-                    uid=task.metadata.uid or "",
-                    status=wire_new if changed else None,
-                    create_jobs=decision.creates,
-                    create_claims=_claims(task) if decision.creates else (),
-                    delete_jobs=prog.delete_jobs + decision.delete_jobs,
-                    events=decision.events if changed or decision.creates else (),
-                    finished=tuple(
-                        EndedAttempt(a.class_name, a.result, est, a.actual_cost)
-                        for a, est in (*prog.finished, *decision.finished)
-                    )
-                    if changed
-                    else (),
-                    retries=decision.retries,
-                    expire_jobs=expire,
-                    base_version=task.metadata.resource_version or "",
-                    generation=task.metadata.generation,
-                )
+                _task_outcome(task, prog, decision, wire_new if changed else None, work.jobs.get(key, []))
             )
 
         isolated(work, key, step)
@@ -1027,6 +1006,32 @@ def decisions_phase(
         for gone in [k for k in cache.decided if k not in work.progresses]:
             del cache.decided[gone]
     return pending, waits
+
+
+def _task_outcome(
+    task: AITask, prog: TaskProgress, decision: TaskDecision, status: dict[str, Any] | None, jobs: Sequence[JobView]
+) -> TaskOutcome:
+    """What one task's decision writes: ``status`` when it changed (Events and finished attempts go with it)."""
+    changed = status is not None
+    return TaskOutcome(
+        namespace=task.metadata.namespace or "",
+        name=task.metadata.name,
+        uid=task.metadata.uid or "",
+        status=status,
+        create_jobs=decision.creates,
+        create_claims=_claims(task) if decision.creates else (),
+        delete_jobs=prog.delete_jobs + decision.delete_jobs,
+        events=decision.events if changed or decision.creates else (),
+        finished=tuple(
+            EndedAttempt(a.class_name, a.result, est, a.actual_cost) for a, est in (*prog.finished, *decision.finished)
+        )
+        if changed
+        else (),
+        retries=decision.retries,
+        expire_jobs=_recorded_finished_jobs(jobs, decision.status.subtasks),
+        base_version=task.metadata.resource_version or "",
+        generation=task.metadata.generation,
+    )
 
 
 def _claims(task: AITask) -> tuple[dict[str, Any], ...]:

@@ -302,6 +302,48 @@ def _fails_over_budget(task: AITask, deferrals: Sequence[Deferral]) -> Deferral 
     return next((d for d in deferrals if d.reason == limits.BUDGET_EXCEEDED), None)
 
 
+def _start_attempts(
+    task: AITask,
+    subs: dict[str, SubtaskStatus],
+    admissions: Sequence[Admission],
+    ready: Mapping[SubtaskKey, Ready],
+    ecs: Mapping[str, ExecutorClass],
+    queue: str | None,
+    choices: Mapping[SubtaskKey, VariantChoice],
+    events: list[EventSpec],
+    now: datetime,
+) -> tuple[list[dict[str, Any]], list[Retry]]:
+    """Each admission's Job manifest and its attempt started in ``subs`` (an Event each in ``events``)."""
+    creates: list[dict[str, Any]] = []
+    retries: list[Retry] = []
+    for adm in admissions:
+        sub = ready[adm.key].subtask
+        ec = ecs[adm.class_name]
+        choice = choices.get(adm.key)
+        manifest = build_job(task, sub, adm, ec.spec, queue_name=queue)
+        manifest = workspace.with_contract(manifest, task, sub, choice.variant if choice else None, subs)
+        creates.append(manifest)
+        plan = make_plan(
+            adm.chosen,
+            adm.alternatives,
+            ec,
+            accelerators=adm.accelerators,
+            cpu=adm.cpu,
+            memory=adm.memory,
+            nodes=adm.nodes,
+            message=adm.message,
+        )
+        plan = variants.with_variant(plan, choice)
+        prev = subs[sub.name]
+        if prev.history and prev.history[-1].result.is_failure:
+            retries.append(Retry(class_name=adm.class_name, after=prev.history[-1].result))
+        subs[sub.name] = progress.start_attempt(
+            prev, sub, adm.attempt, job=manifest["metadata"]["name"], plan=plan, message=plan.message, now=now
+        )
+        events.append(EventSpec("Normal", Reason.ATTEMPT_STARTED, f"{sub.name}: {plan.message}"))
+    return creates, retries
+
+
 def decide_task(
     task: AITask,
     prog: TaskProgress,
@@ -327,9 +369,7 @@ def decide_task(
     """
     status = prog.status
     subs = {s.name: s for s in status.subtasks}
-    creates: list[dict[str, Any]] = []
     events = list(prog.events)
-    retries: list[Retry] = []
     stopped: list[tuple[Attempt, float | None]] = []
     for pre, done in preempted:
         prev = subs.get(pre.key.subtask)
@@ -338,32 +378,8 @@ def decide_task(
         subs[pre.key.subtask], attempt, event = resume.preempt_attempt(prev, pre, done, now)
         stopped.append((attempt, prev.plan.estimated_cost if prev.plan else None))
         events.append(EventSpec(*event))
-    for adm in admissions:
-        sub = ready[adm.key].subtask
-        ec = ecs[adm.class_name]
-        queue = (task.spec.queue_name or kueue_queue) if kueue_queue is not None else None
-        choice = (choices or {}).get(adm.key)
-        manifest = build_job(task, sub, adm, ec.spec, queue_name=queue)
-        manifest = workspace.with_contract(manifest, task, sub, choice.variant if choice else None, subs)
-        creates.append(manifest)
-        plan = make_plan(
-            adm.chosen,
-            adm.alternatives,
-            ec,
-            accelerators=adm.accelerators,
-            cpu=adm.cpu,
-            memory=adm.memory,
-            nodes=adm.nodes,
-            message=adm.message,
-        )
-        plan = variants.with_variant(plan, choice)
-        prev = subs[sub.name]
-        if prev.history and prev.history[-1].result.is_failure:
-            retries.append(Retry(class_name=adm.class_name, after=prev.history[-1].result))
-        subs[sub.name] = progress.start_attempt(
-            prev, sub, adm.attempt, job=manifest["metadata"]["name"], plan=plan, message=plan.message, now=now
-        )
-        events.append(EventSpec("Normal", Reason.ATTEMPT_STARTED, f"{sub.name}: {plan.message}"))
+    queue = (task.spec.queue_name or kueue_queue) if kueue_queue is not None else None
+    creates, retries = _start_attempts(task, subs, admissions, ready, ecs, queue, choices or {}, events, now)
     pending: list[str] = []
     for dfr in deferrals:
         st = _deferred(subs[dfr.key.subtask], dfr, demands[dfr.key], ecs)
