@@ -1151,26 +1151,11 @@ def _limits(
     )
 
 
-def cluster_snapshot(view: ClusterView, params: CycleParams, now: datetime) -> Snapshot:
-    """The state a cycle would schedule on, without its own queue: nodes less every pod and reservation,
-    the running work (preemptible work with the demand it would resume as), what was learned, and the
-    quotas and budgets. ``aitask plan`` previews a new task against it, so it sees what the operator sees."""
-    cache = CycleCache()
-    ecs = _parse_classes(view.classes, [], cache)
-    infos: dict[str, ClassInfo] = {name: snapshot.class_info(ec) for name, ec in ecs.items()}
-    work = _Work(now=now)
-    parse_phase(view, work, cache)
-    progress_phase(view, work, infos, params, cache)
-    learning = learning_phase(work, ecs, params)
-    limited = _limits(view, work, infos, now, cache)
-    snap, _ = snapshot_phase(view, work, infos, learning, params, cache)
-    return replace(snap, demands=(), limits=limited.limits)
-
-
-def run_cycle(view: ClusterView, params: CycleParams, now: datetime, cache: CycleCache | None = None) -> CycleOutcome:
-    """Decide everything one cycle does; see the module docstring for the phases."""
-    cache = cache if cache is not None else CycleCache()
-    warnings: list[str] = []
+def _observe(
+    view: ClusterView, params: CycleParams, now: datetime, cache: CycleCache, warnings: list[str]
+) -> tuple[dict[str, ExecutorClass], _Work, _Learning, LimitsResult, Snapshot, _Queue]:
+    """The phases up to the snapshot (classes, parse, progress, learning, limits), shared by
+    ``run_cycle`` and ``cluster_snapshot``; the snapshot carries the limits."""
     ecs = _parse_classes(view.classes, warnings, cache)
     infos: dict[str, ClassInfo] = {name: snapshot.class_info(ec) for name, ec in ecs.items()}
     work = _Work(now=now)
@@ -1181,7 +1166,22 @@ def run_cycle(view: ClusterView, params: CycleParams, now: datetime, cache: Cycl
     warnings.extend(limited.warnings)
     work.wakeups.extend(limited.wakeups)
     snap, queue = snapshot_phase(view, work, infos, learning, params, cache)
-    snap = replace(snap, limits=limited.limits)
+    return ecs, work, learning, limited, replace(snap, limits=limited.limits), queue
+
+
+def cluster_snapshot(view: ClusterView, params: CycleParams, now: datetime) -> Snapshot:
+    """The state a cycle would schedule on, without its own queue: nodes less every pod and reservation,
+    the running work (preemptible work with the demand it would resume as), what was learned, and the
+    quotas and budgets. ``aitask plan`` previews a new task against it, so it sees what the operator sees."""
+    snap = _observe(view, params, now, CycleCache(), [])[4]
+    return replace(snap, demands=())
+
+
+def run_cycle(view: ClusterView, params: CycleParams, now: datetime, cache: CycleCache | None = None) -> CycleOutcome:
+    """Decide everything one cycle does; see the module docstring for the phases."""
+    cache = cache if cache is not None else CycleCache()
+    warnings: list[str] = []
+    ecs, work, learning, limited, snap, queue = _observe(view, params, now, cache, warnings)
     sched_params = SchedulerParams(
         policy=params.policy,
         ageing_seconds=params.ageing_seconds,
