@@ -221,7 +221,7 @@ def _displace(
         if nodes is not None:  # room is being freed for it already (stopping work)
             view.take(choice.name, choice, nodes)
             return None
-        eligible = [v for v in victims.get(choice.name, ()) if _may_displace(d, choice, v, params)]
+        eligible = _eligible(d, choice, victims.get(choice.name, ()), params)
         chosen = _room_by_node(d, choice, view, eligible) if eligible else None
         if chosen is None:
             continue
@@ -240,14 +240,21 @@ def _displace(
     return None
 
 
-def _may_displace(d: Demand, choice: Choice, v: _Victim, params: SchedulerParams) -> bool:
-    """Whether the demand on this class beats the victim by the factor, the switch it causes included."""
-    if v.item.stopping or v.demand.priority > d.priority:
-        return False
-    mine = _ratio(
-        params.preempt_order, d, choice.units, choice.runtime + v.switch, attained=_attained(d, choice.runtime)
-    )
-    return mine > params.preempt_factor * v.ratio
+def _eligible(d: Demand, choice: Choice, victims: Sequence[_Victim], params: SchedulerParams) -> list[_Victim]:
+    """The class's victims the demand beats by the factor, the switch it causes included. Victims come
+    lowest ratio first, so the first one it does not beat ends the scan (with the largest switch of the
+    class: what any set of them costs at most)."""
+    if not victims:
+        return []
+    switch = max(v.switch for v in victims)
+    mine = _ratio(params.preempt_order, d, choice.units, choice.runtime + switch, attained=_attained(d, choice.runtime))
+    out: list[_Victim] = []
+    for v in victims:
+        if mine <= params.preempt_factor * v.ratio:
+            break
+        if not v.item.stopping and v.demand.priority <= d.priority:
+            out.append(v)
+    return out
 
 
 def _room_by_node(d: Demand, choice: Choice, view: _View, eligible: Sequence[_Victim]) -> list[_Victim] | None:
