@@ -149,9 +149,12 @@ def test_preempted_for_a_short_task_resumes_and_the_operator_killed_meanwhile_lo
     job = wait_for(lambda: get(cluster, "job", "long-train-1", namespace), timeout=30, what="Job long-train-1")
     assert job["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == GRACE  # what its pods get
     short = aitask("short", [step("short", pools=["t4"], seconds=60, on="t4", duration="4s")], priority=10)
-    # Previewed first: `aitask plan` on the live cluster names the work the operator is about to stop.
-    preview = plan_live(cluster, {**short, "metadata": {**short["metadata"], "namespace": namespace}}, tmp_path)
-    assert [(p["task"], p["subtask"]) for p in preview["subtasks"][0]["preempts"]] == [(f"{namespace}/long", "train")]
+    # Previewed first: `aitask plan` on the live cluster names the work the operator is about to stop, once
+    # the long attempt has run its minimum run time (the short task does not exist yet: nothing is stopped).
+    body = {**short, "metadata": {**short["metadata"], "namespace": namespace}}
+    preempts = wait_for(lambda: plan_live(cluster, body, tmp_path)["subtasks"][0]["preempts"], timeout=15,
+                        interval=0.5, what="the plan to name the work it would preempt")
+    assert [(p["task"], p["subtask"]) for p in preempts] == [(f"{namespace}/long", "train")]
     with JobWatch(cluster, namespace, "long") as watch:
         cluster.apply(short, namespace=namespace)
         h = wait_attempt(cluster, operator, namespace, "long", 1, "Preempted")
