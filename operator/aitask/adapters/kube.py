@@ -61,18 +61,28 @@ _MERGE = "application/merge-patch+json"
 _JSON_PATCH = "application/json-patch+json"
 
 
-def send(method: str, path: str, body: Any = None, content_type: str = _JSON) -> dict[str, Any] | None:
+def send(
+    method: str,
+    path: str,
+    body: Any = None,
+    content_type: str = _JSON,
+    *,
+    query: Mapping[str, str] | None = None,
+    api_client: Any = None,
+) -> dict[str, Any] | None:
     """One request with the client's credentials and connection pool, the body a plain dict (sync).
 
     The generated API methods validate their arguments into client models (pydantic) and turn
     every answer back into models (a V1Job for each create): most of the CPU of a write at
     hundreds per second. This path sends the JSON and reads the answer as a dict; errors raise
-    the same ``ApiException`` (status, body, headers) as the generated methods.
+    the same ``ApiException`` (status, body, headers) as the generated methods. ``api_client``:
+    another client than the operator's (``aitask plan`` reads with the user's kubeconfig).
     """
-    api = _client("core").api_client
+    api = api_client if api_client is not None else _client("core").api_client
     method, url, headers, payload, _ = api.param_serialize(
         method,
         path,
+        query_params=list((query or {}).items()),
         body=body,
         header_params={"Accept": _JSON, "Content-Type": content_type},
         auth_settings=["BearerToken"],

@@ -8,9 +8,9 @@ note says what the preview then does not know.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
+from aitask.adapters import kube
 from aitask.api import v1alpha1 as api
 from aitask.control.cycle import ClusterView
 from aitask.core.observed import LABEL_TASK, JobView, job_view, pod_view, quota_view
@@ -58,25 +58,18 @@ def _read_cluster(kubeconfig: str | None, context: str | None) -> tuple[ClusterV
     missing: list[str] = []
 
     def items(path: str, kind: str = "", **query: str) -> list[dict[str, Any]]:
-        """One list call, plain JSON in and out; a forbidden or absent optional kind is empty."""
-        method, url, headers, _, _ = api_client.param_serialize(
-            "GET",
-            path,
-            query_params=list(query.items()),
-            header_params={"Accept": "application/json"},
-            auth_settings=["BearerToken"],
-        )
-        response = api_client.call_api(method, url, header_params=headers)
-        data = response.read()
-        if not 200 <= response.status <= 299:
-            if kind and response.status in (403, 404):
+        """One list call (``kube.send``); a forbidden or absent optional kind is empty."""
+        try:
+            listed = kube.send("GET", path, query=query, api_client=api_client) or {}
+        except ApiException as err:
+            if kind and err.status in (403, 404):
                 missing.append(_WITHOUT[kind])
                 return []
-            raise ApiException(http_resp=response)
-        return list(json.loads(data).get("items") or [])
+            raise
+        return list(listed.get("items") or [])
 
     group = f"/apis/{api.GROUP}/{api.VERSION}"
-    jobs = [j for j in (job_view(b) for b in items("/apis/batch/v1/jobs", "jobs", labelSelector=LABEL_TASK)) if j]
+    jobs = [job_view(b) for b in items("/apis/batch/v1/jobs", "jobs", labelSelector=LABEL_TASK)]
     view = ClusterView(
         nodes=items("/api/v1/nodes"),
         classes=items(f"{group}/executorclasses"),
