@@ -85,7 +85,6 @@ class _View:
 
     def fit(self, class_name: str, choice: Choice, pods: int) -> list[str] | None:
         """Nodes for ``pods`` pods of the choice's request (best fit), or None; books nothing."""
-        accelerators, cpu, memory = choice.request
         resource = accelerator_resource(self.classes[class_name])
         taken: dict[str, int] = {}
         out: list[str] = []
@@ -93,16 +92,8 @@ class _View:
             best: str | None = None
             best_left = 0.0
             for node in self.members.get(class_name, ()):
-                book = self.free[node]
-                n = taken.get(node, 0) + 1
-                left = book.get(resource, 0.0) - n * accelerators
-                if (
-                    left < -_EPS
-                    or book.get("cpu", 0.0) - n * cpu < -_EPS
-                    or book.get("memory", 0.0) - n * memory < -_EPS
-                ):
-                    continue
-                if best is None or left < best_left:
+                left = _left(self.free[node], resource, choice, taken.get(node, 0) + 1)
+                if left is not None and (best is None or left < best_left):
                     best, best_left = node, left
             if best is None:
                 return None
@@ -110,40 +101,35 @@ class _View:
             out.append(best)
         return out
 
+    def fits_on(self, node: str, class_name: str, choice: Choice) -> bool:
+        """Whether one pod of the choice's request fits on the node now."""
+        return _left(self.free[node], accelerator_resource(self.classes[class_name]), choice, 1) is not None
+
     def has_room(self, class_name: str) -> bool:
         """Whether some node of the class has a free unit (accelerator, or core on a CPU pool)."""
         cls = self.classes[class_name]
         unit = accelerator_resource(cls) if cls.kind == "gpu" else "cpu"
         return any(self.free[n].get(unit, 0.0) >= 1.0 - _EPS for n in self.members.get(class_name, ()))
 
-    def fits_on(self, node: str, class_name: str, choice: Choice) -> bool:
-        """Whether one pod of the choice's request fits on the node now."""
-        accelerators, cpu, memory = choice.request
-        book = self.free[node]
-        resource = accelerator_resource(self.classes[class_name])
-        return (
-            book.get(resource, 0.0) - accelerators >= -_EPS
-            and book.get("cpu", 0.0) - cpu >= -_EPS
-            and book.get("memory", 0.0) - memory >= -_EPS
-        )
-
-    def give(self, class_name: str, choice: Choice, node: str) -> None:
-        """Undo ``take`` of one pod on the node."""
-        accelerators, cpu, memory = choice.request
-        resource = accelerator_resource(self.classes[class_name])
-        book = self.free[node]
-        book[resource] = book.get(resource, 0.0) + accelerators
-        book["cpu"] = book.get("cpu", 0.0) + cpu
-        book["memory"] = book.get("memory", 0.0) + memory
-
-    def take(self, class_name: str, choice: Choice, nodes: Sequence[str]) -> None:
+    def take(self, class_name: str, choice: Choice, nodes: Sequence[str], sign: float = 1.0) -> None:
+        """Book one pod of the choice on each node (``sign`` -1: give it back)."""
         accelerators, cpu, memory = choice.request
         resource = accelerator_resource(self.classes[class_name])
         for node in nodes:
             book = self.free[node]
-            book[resource] = book.get(resource, 0.0) - accelerators
-            book["cpu"] = book.get("cpu", 0.0) - cpu
-            book["memory"] = book.get("memory", 0.0) - memory
+            book[resource] = book.get(resource, 0.0) - sign * accelerators
+            book["cpu"] = book.get("cpu", 0.0) - sign * cpu
+            book["memory"] = book.get("memory", 0.0) - sign * memory
+
+
+def _left(book: Mapping[str, float], resource: str, choice: Choice, pods: int) -> float | None:
+    """Accelerators a node (its free ``book``) has left once ``pods`` pods of the choice are on it;
+    None: they do not fit."""
+    accelerators, cpu, memory = choice.request
+    left = book.get(resource, 0.0) - pods * accelerators
+    if left < -_EPS or book.get("cpu", 0.0) - pods * cpu < -_EPS or book.get("memory", 0.0) - pods * memory < -_EPS:
+        return None
+    return left
 
 
 def _view(snapshot: Snapshot, result: CycleResult | None) -> _View:
@@ -287,8 +273,7 @@ def _room_by_node(d: Demand, choice: Choice, view: _View, eligible: Sequence[_Vi
             chosen.append(v)
         view.take(choice.name, choice, [best[2]])
         booked.append(best[2])
-    for node in booked:
-        view.give(choice.name, choice, node)
+    view.take(choice.name, choice, booked, sign=-1.0)
     if ok:
         return chosen
     for v in chosen:
