@@ -324,16 +324,21 @@ def test_objective_weights_choose_the_gpu_pool(
             assert labels[pod["spec"]["nodeName"]][key] == value
 
 
-def test_plan_previews_against_the_live_cluster(cluster: Cluster, classes: dict[str, Any], tmp_path: Path) -> None:
-    path = tmp_path / "pipe.yaml"
-    path.write_text(yaml.safe_dump(aitask("preview", PIPELINE)))
+def plan_live(cluster: Cluster, body: dict[str, Any], tmp_path: Path, *flags: str) -> Any:
+    """``aitask plan --kubeconfig --format json`` of one AITask body against the test cluster."""
+    path = tmp_path / f"{body['metadata']['name']}.yaml"
+    path.write_text(yaml.safe_dump(body))
     out = subprocess.run(
         [str(REPO / ".venv/bin/python"), "-m", "aitask", "plan", str(path), "--kubeconfig", str(cluster.kubeconfig),
-         "--format", "json"],
+         "--format", "json", *flags],
         capture_output=True, text=True, timeout=60, check=False, cwd=REPO,
     )
     assert out.returncode == 0, out.stderr
-    plan = json.loads(out.stdout)
+    return json.loads(out.stdout)
+
+
+def test_plan_previews_against_the_live_cluster(cluster: Cluster, classes: dict[str, Any], tmp_path: Path) -> None:
+    plan = plan_live(cluster, aitask("preview", PIPELINE), tmp_path)
     text = json.dumps(plan)
     for name in ("preprocess", "inference", "fusion", "h100", "cpu"):
         assert name in text

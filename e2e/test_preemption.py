@@ -7,18 +7,16 @@ moves to a faster one when it frees."""
 from __future__ import annotations
 
 import json
-import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from e2e.cluster import Cluster
 from e2e.operator import Operator, running_operator
-from e2e.test_operator import REPO, aitask, classes, sim, task_status
+from e2e.test_operator import aitask, classes, plan_live, sim, task_status
 from e2e.util import events, get, list_objects, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -120,20 +118,6 @@ def test_a_preemptible_task_on_a_slow_pool_migrates_when_a_faster_one_frees(
     finished(cluster, operator, namespace, "mover")
 
 
-def plan_live(cluster: Cluster, body: dict[str, Any], tmp_path: Path) -> dict[str, Any]:
-    """``aitask plan --kubeconfig`` of one AITask, with the operator's minimum run time of this module."""
-    path = tmp_path / f"{body['metadata']['name']}.yaml"
-    path.write_text(yaml.safe_dump(body))
-    out = subprocess.run(
-        [str(REPO / ".venv/bin/python"), "-m", "aitask", "plan", str(path), "--kubeconfig", str(cluster.kubeconfig),
-         "--format", "json", "--preempt-min-run-seconds", MIN_RUN],
-        capture_output=True, text=True, timeout=60, check=False, cwd=REPO,
-    )
-    assert out.returncode == 0, out.stderr
-    plan: dict[str, Any] = json.loads(out.stdout)
-    return plan
-
-
 def test_preempted_for_a_short_task_resumes_and_the_operator_killed_meanwhile_loses_nothing(
     cluster: Cluster, namespace: str, operator: Operator, tmp_path: Path
 ) -> None:
@@ -152,8 +136,9 @@ def test_preempted_for_a_short_task_resumes_and_the_operator_killed_meanwhile_lo
     # Previewed first: `aitask plan` on the live cluster names the work the operator is about to stop, once
     # the long attempt has run its minimum run time (the short task does not exist yet: nothing is stopped).
     body = {**short, "metadata": {**short["metadata"], "namespace": namespace}}
-    preempts = wait_for(lambda: plan_live(cluster, body, tmp_path)["subtasks"][0]["preempts"], timeout=15,
-                        interval=0.5, what="the plan to name the work it would preempt")
+    preempts = wait_for(
+        lambda: plan_live(cluster, body, tmp_path, "--preempt-min-run-seconds", MIN_RUN)["subtasks"][0]["preempts"],
+        timeout=15, interval=0.5, what="the plan to name the work it would preempt (the operator's minimum run time)")
     assert [(p["task"], p["subtask"]) for p in preempts] == [(f"{namespace}/long", "train")]
     with JobWatch(cluster, namespace, "long") as watch:
         cluster.apply(short, namespace=namespace)
