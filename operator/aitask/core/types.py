@@ -32,9 +32,24 @@ class SubtaskKey:
     namespace: str
     task: str
     subtask: str
+    # "namespace/task/subtask" and the hash, made once: the schedulers sort by the one and look keys up
+    # by the other at every cycle.
+    _text: str = field(init=False, repr=False, compare=False, default="")
+    _hash: int = field(init=False, repr=False, compare=False, default=0)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_text", f"{self.namespace}/{self.task}/{self.subtask}")
+        object.__setattr__(self, "_hash", hash((self.namespace, self.task, self.subtask)))
 
     def __str__(self) -> str:
-        return f"{self.namespace}/{self.task}/{self.subtask}"
+        return self._text
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __reduce__(self) -> tuple[type[SubtaskKey], tuple[str, str, str]]:
+        # Rebuilt from its fields: a string's hash differs from one process to the next.
+        return (SubtaskKey, (self.namespace, self.task, self.subtask))
 
 
 @dataclass(frozen=True)
