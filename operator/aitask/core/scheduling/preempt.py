@@ -30,7 +30,7 @@ demand does not stop a second set of victims while the first set ends.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from aitask.core.costmodel import accelerator_resource, demand_units
@@ -198,18 +198,58 @@ def _victims(snapshot: Snapshot, params: SchedulerParams) -> dict[str, list[_Vic
     return out
 
 
+@dataclass
+class _Pool:
+    """The victims of this decision per class (lowest ratio first), the largest switch among them, and
+    what was tried since the view last changed (emptied at every change):
+
+    - ``no_fit``: (class, pod request, pods) that do not fit in the view as it is;
+    - ``failed``: per (class, pod request), the (ratio on the class, priority) of single-pod demands for
+      which no victims made room. A later demand of the same request whose ratio and priority are no
+      higher has a subset of their victims to choose from (``_eligible``), so it finds no room either.
+    """
+
+    victims: Mapping[str, list[_Victim]]
+    switch: dict[str, float] = field(default_factory=dict)
+    no_fit: set[tuple[str, tuple[int, float, float], int]] = field(default_factory=set)
+    failed: dict[tuple[str, tuple[int, float, float]], list[tuple[float, float]]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.switch = {c: max(v.switch for v in items) for c, items in self.victims.items() if items}
+
+    def changed(self) -> None:
+        self.no_fit.clear()
+        self.failed.clear()
+
+
 def _displace(
-    d: Demand, choices: Sequence[Choice], view: _View, victims: Mapping[str, list[_Victim]], params: SchedulerParams
+    d: Demand, choices: Sequence[Choice], view: _View, pool: _Pool, params: SchedulerParams
 ) -> tuple[str, list[_Victim]] | None:
     """The class and victims that make room for the demand now, or None (books the room in the view)."""
     for choice in sorted(choices, key=lambda c: (c.runtime, c.name))[: max(params.plan_candidates, 1)]:
-        nodes = view.fit(choice.name, choice, d.pods)
+        shape = (choice.name, choice.request, d.pods)
+        nodes = None if shape in pool.no_fit else view.fit(choice.name, choice, d.pods)
         if nodes is not None:  # room is being freed for it already (stopping work)
             view.take(choice.name, choice, nodes)
+            pool.changed()
             return None
-        eligible = _eligible(d, choice, victims.get(choice.name, ()), params)
+        pool.no_fit.add(shape)
+        here = pool.victims.get(choice.name, ())
+        mine = _ratio(
+            params.preempt_order,
+            d,
+            choice.units,
+            choice.runtime + pool.switch.get(choice.name, 0.0),  # the most that stopping any of them costs
+            attained=_attained(d, choice.runtime),
+        )
+        tried = pool.failed.get((choice.name, choice.request)) if d.pods == 1 else None
+        if tried and any(mine <= ratio and d.priority <= priority for ratio, priority in tried):
+            continue
+        eligible = _eligible(d, mine, here, params)
         chosen = _room_by_node(d, choice, view, eligible) if eligible else None
         if chosen is None:
+            if d.pods == 1:
+                pool.failed.setdefault((choice.name, choice.request), []).append((mine, d.priority))
             continue
         switch = max(v.switch for v in chosen)
         mine = _ratio(
@@ -220,20 +260,16 @@ def _displace(
             view.take(choice.name, choice, nodes)
             for c in chosen:
                 c.item = _stopping(c.item)
+            pool.changed()
             return choice.name, chosen
         for v in chosen:
             view.add(v.item, -1.0)
     return None
 
 
-def _eligible(d: Demand, choice: Choice, victims: Sequence[_Victim], params: SchedulerParams) -> list[_Victim]:
-    """The class's victims the demand beats by the factor, the switch it causes included. Victims come
-    lowest ratio first, so the first one it does not beat ends the scan (with the largest switch of the
-    class: what any set of them costs at most)."""
-    if not victims:
-        return []
-    switch = max(v.switch for v in victims)
-    mine = _ratio(params.preempt_order, d, choice.units, choice.runtime + switch, attained=_attained(d, choice.runtime))
+def _eligible(d: Demand, mine: float, victims: Sequence[_Victim], params: SchedulerParams) -> list[_Victim]:
+    """The class's victims the demand beats by the factor (``mine``: its ratio there, the largest switch
+    included). Victims come lowest ratio first, so the first one it does not beat ends the scan."""
     out: list[_Victim] = []
     for v in victims:
         if mine <= params.preempt_factor * v.ratio:
@@ -366,6 +402,12 @@ def _best_ratio(
     return best
 
 
+def waiting_for_capacity(result: CycleResult, also: Iterable[SubtaskKey] = ()) -> frozenset[SubtaskKey]:
+    """The demands that wait for room (the only ones that may displace running work): those deferred
+    for capacity, and ``also`` (named apart, without a deferral)."""
+    return frozenset(d.key for d in result.deferred if d.reason in _CAPACITY).union(also)
+
+
 def choose(
     snapshot: Snapshot,
     params: SchedulerParams,
@@ -383,7 +425,7 @@ def choose(
         return ()
     view = _view(snapshot, result)
     if waiting is None:
-        waiting = frozenset(d.key for d in result.deferred if d.reason in _CAPACITY) if result else frozenset()
+        waiting = waiting_for_capacity(result) if result else frozenset()
     candidates: list[tuple[float, Demand, tuple[Choice, ...]]] = []
     for d in snapshot.demands:
         if d.key not in waiting:
@@ -394,10 +436,11 @@ def choose(
     floor = min(v.ratio for items in victims.values() for v in items)
     candidates.sort(key=lambda c: (-c[0], str(c[1].key)))
     out: list[Preemption] = []
+    pool = _Pool(victims)
     for best, d, feasible in candidates:
         if best <= params.preempt_factor * floor:
             break  # no demand further down can displace anything
-        found = _displace(d, feasible, view, victims, params)
+        found = _displace(d, feasible, view, pool, params)
         if found is None:
             continue
         class_name, chosen = found
