@@ -251,3 +251,37 @@ def test_a_gang_gets_room_on_as_many_nodes_as_it_has_pods() -> None:
                                                                          ("c", 10_000.0))]
     out = cycle([newcomer(pods=2, by_class={"v100": 600.0})], nodes, run)
     assert sorted(str(p.key) for p in out.preempted) == ["default/a/train", "default/b/train"]
+
+
+def test_the_simulator_without_reports_decides_as_the_full_cycle(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`aitask simulate` schedules with ``report=False``; forced to build every report, the same trace gives
+    the same placements, preemptions and migrations (a random trace of 1- and 4-GPU jobs on two classes)."""
+    import random
+
+    from aitask.api import v1alpha1 as api
+    from aitask.core import simulator
+
+    rng = random.Random(7)
+    docs = []
+    for i in range(40):
+        v100 = rng.choice([600.0, 3600.0, 20_000.0, 90_000.0])
+        sub = {
+            "name": "train", "type": "training", "image": "r/t:1",
+            "executor": {"accelerators": rng.choice([1, 4]), "cpu": "1", "memory": "1Gi", "classes": ["v100", "k80"]},
+            "estimate": {"secondsByClass": {"v100": v100, "k80": v100 * rng.choice([2.0, 4.0])}},
+            "preemption": {"allowed": True, "gracePeriodSeconds": 60, "resumeOverheadSeconds": 60},
+        }
+        docs.append(api.AITask.model_validate({
+            "apiVersion": api.API_VERSION, "kind": "AITask",
+            "metadata": {"name": f"j{i}", "namespace": "default",
+                         "annotations": {"aitask.dev/submit-after-seconds": str(i * 900.0)}},
+            "spec": {"subtasks": [sub]},
+        }))
+    nodes = (make_node_info("v0", ["v100"], gpus=4), make_node_info("k0", ["k80"], gpus=4),
+             make_node_info("k1", ["k80"], gpus=4))
+    quiet = simulator.simulate(CLASSES, nodes, docs, params=SchedulerParams())  # type: ignore[arg-type]
+    monkeypatch.setattr(simulator, "schedule", lambda snap, params, report=True: schedule(snap, params))
+    full = simulator.simulate(CLASSES, nodes, docs, params=SchedulerParams())  # type: ignore[arg-type]
+    assert quiet.preemptions > 0 and quiet.migrations > 0
+    assert quiet.placements == full.placements
+    assert (quiet.preemptions, quiet.migrations) == (full.preemptions, full.migrations)

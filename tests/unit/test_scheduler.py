@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 
 import pytest
 from hypothesis import given, settings
@@ -365,3 +366,39 @@ def test_never_places_on_a_disallowed_or_too_small_class(snapshot: Snapshot, pol
         assert all(adm.class_name in nodes[n].classes for n in adm.nodes)
         assert adm.chosen.class_name == adm.class_name
         assert adm.chosen.feasible
+
+
+@settings(max_examples=200, deadline=None)
+@given(snapshot=snapshots(), lookahead=st.booleans())
+def test_without_reports_the_same_demands_start_and_only_waiting_ones_lose_their_report(
+    snapshot: Snapshot, lookahead: bool
+) -> None:
+    """``schedule(report=False)`` (the simulator's) admits exactly what the full cycle admits, on the same
+    nodes and with the same chosen option; it only leaves out the deferrals of demands that wait for room
+    (an admission's alternatives may then show a full class's wait without their holds)."""
+    params = SchedulerParams(lookahead=lookahead)
+    full = schedule(snapshot, params)
+    quiet = schedule(snapshot, params, report=False)
+    assert [replace(a, alternatives=()) for a in quiet.admitted] == [replace(a, alternatives=()) for a in full.admitted]
+    kept = {d.key for d in quiet.deferred}
+    assert [d for d in full.deferred if d.key in kept] == list(quiet.deferred)
+    assert all(d.reason in {"InsufficientCapacity", "GangIncomplete"} for d in full.deferred if d.key not in kept)
+
+
+def test_without_reports_a_demand_behind_a_waiting_one_still_starts() -> None:
+    """A demand planned on a class with room starts although a demand before it in the order waits (with no
+    report) for a full class."""
+    nodes = (
+        make_node_info("v0", ["v100"], gpus=1, free={"nvidia.com/gpu": 0.0, "cpu": 8.0, "memory": 64 * GIB}),
+        make_node_info("k0", ["k80"], gpus=1),
+    )
+    demands = (
+        make_demand("a/s", gpus=1, classes={"v100"}, by_class={"v100": 10.0}),
+        make_demand("b/s", gpus=1, classes={"k80"}, by_class={"k80": 100.0}),
+    )
+    snap = Snapshot(now=0.0, classes={"v100": V100, "k80": K80}, nodes=nodes, demands=demands, running=())
+    full = schedule(snap, SchedulerParams())
+    quiet = schedule(snap, SchedulerParams(), report=False)
+    assert admitted(full) == admitted(quiet) == {"b": ("k80", ("k0",))}
+    assert deferred(full) == {"a": "InsufficientCapacity"}
+    assert quiet.deferred == ()

@@ -51,7 +51,7 @@ from aitask.core.costmodel import (
 )
 from aitask.core.scheduling import admit, limits, preempt
 from aitask.core.scheduling.books import NodeBooks
-from aitask.core.scheduling.evaluation import Choice, Evaluation, Evaluator
+from aitask.core.scheduling.evaluation import Choice, Evaluation, Evaluator, plan_cells
 from aitask.core.scheduling.queueplan import arrival_order, plan_queue, smith_order
 from aitask.core.types import (
     Admission,
@@ -63,6 +63,7 @@ from aitask.core.types import (
     Running,
     SchedulerParams,
     Snapshot,
+    SubtaskKey,
 )
 
 _EPS = 1e-9
@@ -99,6 +100,7 @@ class _Cycle:
                 self.backlog[name] = backlog
         self.evaluator = Evaluator(classes, self.capacity, snapshot.learned, params, snapshot.memo)
         self.limits = limits.LimitBooks(snapshot.limits)
+        self.waiting: list[SubtaskKey] = []  # report=False: demands left out of the deferrals, waiting for room
 
     def _within_limits(self, d: Demand, evaluation: Evaluation) -> tuple[Evaluation, tuple[str, str] | None]:
         """The evaluation with the classes a quota or budget rules out (at the cycle's start) made infeasible;
@@ -131,6 +133,7 @@ class _Cycle:
             infeasible=(*out, *evaluation.infeasible),
             best_runtime=min((c.runtime for c in kept), default=math.inf),
             ranked=ranked,
+            cells=plan_cells(kept, ranked, self.params.plan_candidates, d.time_weight),
         )
         if kept:
             return limited, None
@@ -147,9 +150,11 @@ class _Cycle:
         amounts = limits.charge(d, self.snapshot.classes[choice.name], choice.request, choice.runtime, choice.money)
         return self.limits.violation(d, self.snapshot.classes[choice.name], amounts)
 
-    def run(self) -> CycleResult:
+    def run(self, *, report: bool = True) -> CycleResult:
         demands = self.snapshot.demands
         evaluations = [self.evaluator.evaluate(d) for d in demands]
+        # Without reports, a demand that cannot start now is only named in self.waiting.
+        quick = not report and self._plain_cost()
         blocked: dict[int, tuple[str, str]] = {}
         if self.snapshot.limits:
             for i, d in enumerate(demands):
@@ -185,6 +190,9 @@ class _Cycle:
                 else:
                     deferred.append(admit.no_class(d, evaluation, self.params.max_alternatives))
                 continue
+            if quick and self._waits(evaluation.feasible[plan[i]]):
+                self.waiting.append(d.key)
+                continue
             # The cost policy only looks at its shortlist (lowest static F first; the plan's
             # candidates are among them); the baselines look at every feasible class.
             view = evaluation.ranked[:shortlist] if policy == Policy.COST else range(len(evaluation.feasible))
@@ -206,6 +214,25 @@ class _Cycle:
             else:
                 deferred.append(result)
         return CycleResult(admitted=tuple(admitted), deferred=tuple(deferred))
+
+    def _plain_cost(self) -> bool:
+        """The cost policy with no limit and no external queue: only node room decides an admission."""
+        return self.params.policy == Policy.COST and not self.snapshot.limits and not self.params.external_queue
+
+    def _waits(self, choice: Choice) -> bool:
+        """``report=False``: whether the demand cannot start now on its planned class (then it is left out
+        of the deferrals). As ``_decide``, a demand that waits holds its place on the class's timeline,
+        except on a GPU class with no accelerator free on any node: every later demand planned there
+        waits too (the books only shrink in a cycle), so no admission of this cycle reads that timeline."""
+        if choice.request[0] >= 1 and self.books.is_gpu[choice.name] and not self.books.accelerator_room(choice.name):
+            return True
+        timeline = self.timeline[choice.name]
+        wait = timeline.wait(choice.units)
+        if wait <= _EPS:
+            return False
+        if self.params.lookahead and wait < math.inf:
+            timeline.reserve(choice.units, choice.runtime)
+        return True
 
     def _decide(
         self,
@@ -315,14 +342,19 @@ def preemptions_when_full(snapshot: Snapshot, params: SchedulerParams) -> CycleR
     )
 
 
-def schedule(snapshot: Snapshot, params: SchedulerParams) -> CycleResult:
+def schedule(snapshot: Snapshot, params: SchedulerParams, *, report: bool = True) -> CycleResult:
     """Decide which ready demands start now, on which class and nodes, and why the rest wait.
 
     Pure over the snapshot, so the operator, `aitask simulate` and `aitask plan` share it
-    and its decisions can be replayed in tests and benchmarks.
+    and its decisions can be replayed in tests and benchmarks. ``report=False`` (the simulator)
+    makes the same admissions (same nodes, same chosen option) and preemptions, but (cost policy, no
+    limits) the demands that cannot start now on their planned class are left out of ``deferred``: no
+    report is built for them, and an admission's alternatives may show a full class's wait without
+    their holds on it.
     """
     cycle = _Cycle(snapshot, params)
-    result = cycle.run()
+    result = cycle.run(report=report)
     if params.preemption and params.policy == Policy.COST and any(r.resume is not None for r in snapshot.running):
-        result = replace(result, preempted=preempt.choose(snapshot, params, result, cycle.evaluator))
+        waiting = preempt.waiting_for_capacity(result, also=cycle.waiting) if cycle.waiting else None
+        result = replace(result, preempted=preempt.choose(snapshot, params, result, cycle.evaluator, waiting=waiting))
     return result

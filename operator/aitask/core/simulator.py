@@ -151,6 +151,7 @@ class _Task:
     attempts: dict[str, int] = field(default_factory=dict)
     stops: dict[str, int] = field(default_factory=dict)  # preemptions and migrations so far
     move_to: dict[str, str] = field(default_factory=dict)  # the class a migration resumes on
+    ready: list[str] | None = None  # dag.ready of the sub-tasks; None: to compute (started or finished)
 
 
 @dataclass
@@ -170,6 +171,8 @@ class _Run:
     full: float = 0.0  # true seconds of the whole work on its class
     preempted: str = ""  # set when it is stopped; its completion event is then void
     variant: str = ""
+    grace: float = 0.0  # its sub-task's preemption.gracePeriodSeconds
+    overhead: float = 0.0  # its sub-task's preemption.resumeOverheadSeconds
 
 
 def simulate(
@@ -297,22 +300,28 @@ class _Sim:
             if not candidates:
                 break
             now = min(candidates)
+            finished = False
             while self.events and self.events[0][0] <= now + _EPS:
                 _, _, kind, item = heapq.heappop(self.events)
                 if kind == _DONE and not item.preempted:
                     self._finish(item)
+                    finished = True
                 elif kind == _STOPPED:
                     self._stopped(item)
             while next_arrival < len(pending) and pending[next_arrival].arrival <= now + _EPS:
                 active.append(pending[next_arrival])
                 next_arrival += 1
-            active = [t for t in active if len(t.succeeded) < len(t.deps)]
+            if finished:
+                active = [t for t in active if len(t.succeeded) < len(t.deps)]
             demands, owner = self._ready(active, now)
             if not demands or not self._may_change(demands, now):
                 continue
             snapshot = self._snapshot(now, demands)
             full = self._resource and not self._room() and all(d.accelerators and "gpu" in d.kinds for d in demands)
-            result = preemptions_when_full(snapshot, self.params) if full else schedule(snapshot, self.params)
+            if full:
+                result = preemptions_when_full(snapshot, self.params)
+            else:
+                result = schedule(snapshot, self.params, report=False)
             self.cycles += 1
             for adm in result.admitted:
                 self._start(adm, owner[adm.key], now)
@@ -322,7 +331,7 @@ class _Sim:
                 self.memo = {id(d): self.memo[id(d)] for d in demands if id(d) in self.memo}
             if not self.events and next_arrival >= len(pending):
                 # Nothing runs and nothing will arrive: whatever is still ready can never start.
-                for d in result.deferred:
+                for d in schedule(snapshot, self.params).deferred:
                     t, sub_name = owner[d.key]
                     self.unschedulable[f"{t.name}/{sub_name}"] = d.message
                 break
@@ -349,6 +358,7 @@ class _Sim:
         del self.running[run.admission.key]
         _release(self.free, run)
         run.task.succeeded.add(run.subtask)
+        run.task.ready = None
         run.task.end = max(run.task.end, run.end)
         if not self.learn or run.progress > 0:
             return  # a resumed attempt ran part of the work: not a sample of the whole
@@ -380,6 +390,7 @@ class _Sim:
         del self.stopping[run.admission.key]
         _release(self.free, run)
         run.task.started.discard(run.subtask)
+        run.task.ready = None
         run.task.demands.pop(run.subtask, None)
 
     def _preempt(self, p: Preemption, now: float) -> None:
@@ -403,7 +414,9 @@ class _Sim:
         demands: list[Demand] = []
         owner: dict[SubtaskKey, tuple[_Task, str]] = {}
         for t in active:
-            for sub_name in dag.ready(t.deps, t.succeeded, t.started):
+            if t.ready is None:
+                t.ready = dag.ready(t.deps, t.succeeded, t.started)
+            for sub_name in t.ready:
                 demand = t.demands.get(sub_name)
                 if demand is None:
                     demand = self._demand(t, sub_name, now)
@@ -474,7 +487,10 @@ class _Sim:
         return Snapshot(
             now=now,
             classes=self.classes,
-            nodes=tuple(replace(n, free=dict(self.free[n.name])) for n in self.base_nodes),
+            nodes=tuple(
+                NodeInfo(n.name, n.classes, n.allocatable, dict(self.free[n.name]), n.schedulable)
+                for n in self.base_nodes
+            ),
             demands=tuple(demands),
             running=tuple(running),
             learned=self.learned,
@@ -491,8 +507,7 @@ class _Sim:
             # The scheduler's view of the work done: elapsed run time over its estimate of the whole work.
             whole = (estimated - r.switch) / max(1.0 - r.progress, _EPS)
             done = min(r.progress + max(0.0, now - r.start - r.switch) / max(whole, _EPS), 1.0)
-            sub = r.task.task.spec.subtask(r.subtask).preemption
-            resume = resumed(r.demand, done, sub.resume_overhead_seconds, None, attempt=r.demand.attempt + 1)
+            resume = resumed(r.demand, done, r.overhead, None, attempt=r.demand.attempt + 1)
         return Running(
             key=adm.key,
             class_name=adm.class_name,
@@ -503,7 +518,7 @@ class _Sim:
             nodes=adm.nodes,
             memory=adm.memory * len(adm.nodes),
             started=r.start,
-            grace_seconds=float(r.task.task.spec.subtask(r.subtask).preemption.grace_period_seconds),
+            grace_seconds=r.grace,
             stopping=stopping,
             preemptions=stops,
         )
@@ -511,7 +526,8 @@ class _Sim:
     def _start(self, adm: Admission, owned: tuple[_Task, str], now: float) -> None:
         t, sub_name = owned
         demand = t.demands[sub_name]
-        true_sub = self.resolved.get((t.name, sub_name)) or t.task.spec.subtask(sub_name)
+        spec = t.task.spec.subtask(sub_name)
+        true_sub = self.resolved.get((t.name, sub_name)) or spec
         full = _truth(true_sub, demand, adm.class_name, self.classes, self.truth_estimator)
         progress = t.progress.get(sub_name, 0.0)
         switch = demand.switch_seconds
@@ -531,9 +547,12 @@ class _Sim:
             switch=switch,
             full=full,
             variant=self.chosen.get((t.name, sub_name), ""),
+            grace=float(spec.preemption.grace_period_seconds),
+            overhead=spec.preemption.resume_overhead_seconds,
         )
         _take(self.free, run)
         t.started.add(sub_name)
+        t.ready = None
         t.attempts[sub_name] = demand.attempt
         self.running[adm.key] = run
         self.placements.append(run)

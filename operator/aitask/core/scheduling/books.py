@@ -36,6 +36,7 @@ class NodeBooks:
         self.free_units: dict[str, float] = {}
         self.buckets: dict[str, dict[int, dict[int, None]]] = {}
         self.max_key: dict[str, int] = {}
+        self._room: dict[str, bool] = {}  # accelerator_room per class, until a pod is placed or released
         for name, cls in classes.items():
             self.resource[name] = accelerator_resource(cls)
             self.is_gpu[name] = cls.kind == "gpu"
@@ -90,6 +91,7 @@ class NodeBooks:
         before = {name: self._key(name, i) for name in self.node_classes[i]}
         units_before = {name: self._units(name, i) for name in self.node_classes[i]}
         free = self.free[i]
+        self._room.clear()
         if accelerators:
             free[resource] = free.get(resource, 0.0) - sign * accelerators
         free["cpu"] = free.get("cpu", 0.0) - sign * cpu
@@ -103,6 +105,13 @@ class NodeBooks:
                 buckets.setdefault(key, {})[i] = None
                 if key > self.max_key[name]:
                     self.max_key[name] = key
+
+    def accelerator_room(self, name: str) -> bool:
+        """Whether some node of the (GPU) class has a whole accelerator free."""
+        room = self._room.get(name)
+        if room is None:
+            room = self._room[name] = any(bucket for key, bucket in self.buckets[name].items() if key >= 1)
+        return room
 
     def place(self, name: str, request: Request, pods: int) -> tuple[list[int], int]:
         """Pack all pods or none; returns (nodes, how many fitted before giving up)."""

@@ -14,7 +14,7 @@ cannot silently reuse another demand's result.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from operator import attrgetter
 from typing import NamedTuple
@@ -123,6 +123,20 @@ class Evaluation:
     infeasible: tuple[Option, ...]
     best_runtime: float
     ranked: tuple[int, ...]  # feasible indices, lowest static F (alpha*T + beta*C + penalty) first
+    # The queue plan's static part of each of its candidates (the first ``plan_candidates`` of ranked):
+    # (class, feasible index, u * T, T, beta*C + penalty), built once per signature, not per cycle.
+    cells: tuple[tuple[str, int, float, float, float], ...] = ()
+
+
+def plan_cells(
+    choices: Sequence[Choice], ranked: Sequence[int], limit: int, time_weight: float
+) -> tuple[tuple[str, int, float, float, float], ...]:
+    """``Evaluation.cells`` for the first ``limit`` ranked choices of a demand of that time weight."""
+    out = []
+    for j in ranked[: max(1, limit)]:
+        c = choices[j]
+        out.append((c.name, j, c.units * c.runtime, c.runtime, c.base - time_weight * c.runtime))
+    return tuple(out)
 
 
 _Fit = tuple[tuple[tuple[str, ClassInfo, float, Request], ...], tuple[Option, ...], float]
@@ -204,7 +218,13 @@ class Evaluator:
             )
         best = min((c.runtime for c in choices), default=math.inf)
         ranked = tuple(sorted(range(len(choices)), key=lambda j: (choices[j].base, choices[j].name)))
-        evaluation = Evaluation(feasible=tuple(choices), infeasible=infeasible, best_runtime=best, ranked=ranked)
+        evaluation = Evaluation(
+            feasible=tuple(choices),
+            infeasible=infeasible,
+            best_runtime=best,
+            ranked=ranked,
+            cells=plan_cells(choices, ranked, self.params.plan_candidates, d.time_weight),
+        )
         self._evaluations[sig] = evaluation
         return evaluation
 

@@ -15,25 +15,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import NamedTuple
 
 from aitask.core.scheduling.evaluation import Evaluation
 from aitask.core.types import Demand, SchedulerParams
 
-
-class _Candidate(NamedTuple):
-    """One candidate class of one demand in the plan (a NamedTuple: the hot loop unpacks it)."""
-
-    option: int  # index into the demand's feasible options
-    rank: int  # 1-based position in the class's Smith order
-    work_tree: list[float]  # the class's Fenwick tree of u*T
-    weight_tree: list[float]  # the class's Fenwick tree of weights
-    total: list[float]  # one cell: the class's total weight
-    inv_m: float  # 1 / the class's capacity in units
-    offset: float  # B / m: the admitted backlog's wait
-    runtime: float  # T
-    work: float  # u * T
-    extra: float  # beta*C + penalty
+#: One candidate class of one demand in the plan, a plain tuple (the hot loop unpacks it; a NamedTuple's
+#: constructor costs a Python-level call per candidate per cycle): (option: index into the demand's
+#: feasible options, rank: 1-based position in the class's Smith order, the class's Fenwick trees of
+#: u*T and of weights, total: one cell with the class's total weight, 1 / the class's capacity m,
+#: offset: B / m, the admitted backlog's wait, T, u * T, extra: beta*C + penalty).
+_Candidate = tuple[int, int, list[float], list[float], list[float], float, float, float, float, float]
 
 
 def ageing_weight(d: Demand, now: float, ageing_seconds: float) -> float:
@@ -87,12 +78,11 @@ def plan_queue(
     Returns the chosen option index per demand and the admission order (Smith ratio on the
     planned class, highest first; demands without a feasible class last).
     """
-    weights, ranked, cands = _candidates(demands, evaluations, now=now, params=params, units=units, backlog=backlog)
+    weights, best_work, cands = _candidates(demands, evaluations, now=now, params=params, units=units, backlog=backlog)
     planned = [i for i in range(len(demands)) if cands[i]]
 
     def global_ratio(i: int) -> float:
-        c = evaluations[i].feasible[ranked[i][0]]
-        work = c.units * c.runtime
+        work = best_work[i]
         return weights[i] / work if work > 0 else math.inf
 
     # Back of the queue first: lowest Smith ratio on its best class.
@@ -119,25 +109,24 @@ def _candidates(
     params: SchedulerParams,
     units: Mapping[str, float],
     backlog: Mapping[str, float],
-) -> tuple[list[float], list[list[int]], list[list[_Candidate]]]:
-    """Per demand: its weight v, its candidate classes (lowest static F first), their plan cells."""
-    limit = max(1, params.plan_candidates)
+) -> tuple[list[float], list[float], list[list[_Candidate]]]:
+    """Per demand: its weight v, the work u*T on its best class, its plan cells (lowest static F first)."""
     n = len(demands)
     weights = [0.0] * n
-    ranked: list[list[int]] = [[] for _ in range(n)]
-    members: dict[str, list[tuple[float, float, int, int]]] = {}
+    best_work = [0.0] * n
+    members: dict[str, list[tuple[float, float, int, int, float, float, float]]] = {}
+    ageing = params.ageing_seconds
     for i, d in enumerate(demands):
-        feasible = evaluations[i].feasible
-        if not feasible:
+        cells = evaluations[i].cells
+        if not cells:
             continue
-        v = ageing_weight(d, now, params.ageing_seconds) * d.time_weight
+        v = ageing_weight(d, now, ageing) * d.time_weight
         weights[i] = v
-        best = list(evaluations[i].ranked[:limit])
-        ranked[i] = best
-        for j in best:
-            c = feasible[j]
-            work = c.units * c.runtime
-            members.setdefault(c.name, []).append((-(v / work) if work > 0 else -math.inf, d.arrival, i, j))
+        best_work[i] = cells[0][2]
+        for name, j, work, runtime, extra in cells:
+            members.setdefault(name, []).append(
+                (-(v / work) if work > 0 else -math.inf, d.arrival, i, j, runtime, work, extra)
+            )
     # Per class: a Fenwick tree of (work, weight) over its Smith order; totals of weight.
     cands: list[list[_Candidate]] = [[] for _ in range(n)]
     for name, entries in members.items():
@@ -149,15 +138,9 @@ def _candidates(
         m = units[name]
         inv_m = 1.0 / m if m > 0 else 1.0
         offset = backlog.get(name, 0.0) * inv_m
-        for rank, (_, _, i, j) in enumerate(entries):
-            c = evaluations[i].feasible[j]
-            extra = c.base - demands[i].time_weight * c.runtime  # beta*C + penalty
-            cands[i].append(
-                _Candidate(
-                    j, rank + 1, work_tree, weight_tree, total, inv_m, offset, c.runtime, c.units * c.runtime, extra
-                )
-            )
-    return weights, ranked, cands
+        for rank, (_, _, i, j, runtime, work, extra) in enumerate(entries):
+            cands[i].append((j, rank + 1, work_tree, weight_tree, total, inv_m, offset, runtime, work, extra))
+    return weights, best_work, cands
 
 
 def _assign(
