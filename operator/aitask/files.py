@@ -16,6 +16,9 @@ from pydantic import ValidationError
 
 from aitask.api import v1alpha1 as api
 
+# libyaml's safe loader where PyYAML was built with it (same documents, several times faster).
+_SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
 
 class FileFormatError(ValueError):
     """A file could not be read as the objects it should hold."""
@@ -29,7 +32,7 @@ def load_documents(path: str | Path) -> list[dict[str, Any]]:
     except OSError as err:
         raise FileFormatError(f"{source}: {err.strerror or err}") from err
     try:
-        docs = list(yaml.safe_load_all(text))
+        docs = list(yaml.load_all(text, Loader=_SAFE_LOADER))
     except yaml.YAMLError as err:
         raise FileFormatError(f"{source}: not valid YAML: {err}") from err
     return list(_flatten(source, docs))
