@@ -395,11 +395,10 @@ class _Sim:
 
     def _preempt(self, p: Preemption, now: float) -> None:
         run = self.running.pop(p.key)
-        sub = run.task.task.spec.subtask(run.subtask).preemption
         done = max(0.0, now - run.start - run.switch) / run.full if run.full > 0 else 0.0
         run.task.progress[run.subtask] = min(run.progress + done, 1.0)
         run.preempted = p.reason
-        run.end = now + sub.grace_period_seconds
+        run.end = now + run.grace
         run.task.stops[run.subtask] = run.task.stops.get(run.subtask, 0) + 1
         if p.reason == MIGRATED:
             run.task.move_to[run.subtask] = p.target_class

@@ -210,7 +210,7 @@ class _Pool:
     """
 
     victims: Mapping[str, list[_Victim]]
-    switch: dict[str, float] = field(default_factory=dict)
+    switch: dict[str, float] = field(init=False)
     no_fit: set[tuple[str, tuple[int, float, float], int]] = field(default_factory=set)
     failed: dict[tuple[str, tuple[int, float, float]], list[tuple[float, float]]] = field(default_factory=dict)
 
