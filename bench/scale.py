@@ -398,6 +398,23 @@ def proc_stats(pid: int) -> tuple[float, float]:
     return rss, (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
+def cpu_by_component(cluster: Cluster, op: Operator) -> dict[str, float]:
+    """utime+stime seconds so far of every control-plane process, the operator and this script (all threads)."""
+    out: dict[str, float] = {}
+    for proc in cluster.procs:
+        with contextlib.suppress(OSError):
+            out[proc.name] = out.get(proc.name, 0.0) + proc_stats(proc.pid)[1]
+    if op.pid is not None:
+        with contextlib.suppress(OSError):
+            out["operator"] = proc_stats(op.pid)[1]
+    out["bench client"] = proc_stats(os.getpid())[1]
+    return out
+
+
+def cpu_delta(after: dict[str, float], before: dict[str, float]) -> dict[str, float]:
+    return {k: round(v - before.get(k, 0.0), 1) for k, v in after.items()}
+
+
 def http_get(url: str, timeout: float = 5.0) -> tuple[int, str]:
     try:
         with urllib.request.urlopen(url, timeout=timeout) as resp:
@@ -517,10 +534,12 @@ class Bench:
         timeout = self.args.timeout_base + n * self.args.timeout_per_task
         log(f"burst: {n} plain Jobs in {self.plain_ns}, concurrency {c}")
         m0, a0 = apiserver_writes(self.api), self.audit.offset()
+        cpu0 = cpu_by_component(self.cluster, self.op)
         deadline = time.monotonic() + timeout
         jobs = create_all(self.api, f"/apis/batch/v1/namespaces/{self.plain_ns}/jobs",
                           [job_body(f"plain-{i:05d}", self.args.duration) for i in range(n)], c, deadline)
         plain_s = max(j.done for j in jobs) - min(j.sent for j in jobs)
+        cpu_plain_created = cpu_by_component(self.cluster, self.op)
 
         def plain_done() -> int:
             items = self.api.list_all(f"/apis/batch/v1/namespaces/{self.plain_ns}/jobs")
@@ -535,6 +554,7 @@ class Bench:
         time.sleep(self.args.settle)
         m1, a1 = apiserver_writes(self.api), self.audit.offset()
         plain_audit = self.audit.since(a0, a1)
+        cpu1 = cpu_by_component(self.cluster, self.op)
 
         log(f"burst: {n} AITasks in {self.ns}")
         names = self.new_names(n, "burst")
@@ -546,11 +566,13 @@ class Bench:
             raise PhaseFailed(f"only {self.watch.count(names)} of {n} AITasks got a Job within {timeout:.0f} s")
         t_first = min(x.sent for x in created)
         ait_s = max(self.watch.first_job[x] for x in names) - t_first
+        cpu_ait_jobs = cpu_by_component(self.cluster, self.op)
         lat = [self.watch.first_job[x.name] - x.done for x in created]
         finished_s = self.wait_finished(names, max(1.0, deadline - time.monotonic()), "burst")
         time.sleep(self.args.settle)
         m2, a2 = apiserver_writes(self.api), self.audit.offset()
         ait_audit = self.audit.since(a1, a2)
+        cpu2 = cpu_by_component(self.cluster, self.op)
 
         plain_rate, ait_rate = n / plain_s, n / ait_s
         self.result["burst"] = {
@@ -563,6 +585,11 @@ class Bench:
             "create_to_job_p50_s": round(quantile(lat, 0.5) or 0, 3),
             "create_to_job_p99_s": round(quantile(lat, 0.99) or 0, 3),
             "aitasks_all_finished_s": round(finished_s + ait_s, 1),
+            # CPU seconds by process: until the last Job exists, and for the whole window (to all finished)
+            "cpu_s_plain_until_all_created": cpu_delta(cpu_plain_created, cpu0),
+            "cpu_s_plain_window": cpu_delta(cpu1, cpu0),
+            "cpu_s_aitask_until_all_jobs": cpu_delta(cpu_ait_jobs, cpu1),
+            "cpu_s_aitask_window": cpu_delta(cpu2, cpu1),
         }
         # Writes per AITask. Audit: exact, the operator's own requests. Metric: no user label, so
         # (AITask window - plain window) with this script's own creates put back: the plain window had n
@@ -823,6 +850,11 @@ def table(r: dict[str, Any]) -> str:
         rows.append(("  ratio AITask-Job rate / plain-Job rate", f"{b['ratio_aitask_over_plain']}"))
         rows.append(("  create -> Job in the burst, p50 / p99",
                      f"{b['create_to_job_p50_s']} s / {b['create_to_job_p99_s']} s"))
+        for label, key in (("plain Jobs, until all created", "cpu_s_plain_until_all_created"),
+                           ("AITasks, until all Jobs exist", "cpu_s_aitask_until_all_jobs")):
+            cpu = b.get(key) or {}
+            rows.append((f"  CPU s by process, {label}",
+                         ", ".join(f"{k} {v}" for k, v in sorted(cpu.items(), key=lambda kv: -kv[1]))))
     for rate, s in (r.get("steady") or {}).items():
         rows.append((f"steady {rate} ({s['n']} AITasks): create -> Job p50 / p99",
                      f"{s['p50_s']} s / {s['p99_s']} s (max {s['max_s']} s, rate {s['achieved_rate']}/s)"))
