@@ -60,3 +60,38 @@ def test_running_work_is_estimated_again_when_a_runtime_moves_by_two_percent_not
     assert token(100.0) == token(100.4)  # an EWMA nudge: the cached T holds
     assert token(100.0) != token(103.0)  # a real move: every running T is estimated again
     assert _learned_token({}) == ()
+
+
+def test_running_entries_kept_between_cycles_equal_fresh_ones_as_time_passes() -> None:
+    """The scheduler's running work from the kept entries (whole T and start, less the time gone) is what a
+    cycle without any cache computes, cycle after cycle; preemptible work is computed afresh each time."""
+    from aitask.core.observed import job_view
+
+    preemptible = {**STEP, "name": "long", "executor": {"accelerators": 4, "classes": ["cheap"]},
+                   "estimate": {"seconds": 600}, "preemption": {"allowed": True, "gracePeriodSeconds": 30}}
+    tasks = [body("a", [STEP]), body("b", [preemptible])]
+    first = run_cycle(ClusterView(tasks=tasks, jobs=[], pods=[], nodes=NODES, classes=CLASSES), CycleParams(), NOW)
+    written = [body(t.name, [STEP] if t.name == "a" else [preemptible], status=t.status) for t in first.tasks]
+    jobs = []
+    for out in first.tasks:
+        for manifest in out.create_jobs:
+            job = {**manifest, "metadata": {**manifest["metadata"], "creationTimestamp": "2026-01-01T00:00:00Z"},
+                   "status": {"active": 1, "startTime": "2026-01-01T00:00:00Z"}}
+            jobs.append(job_view(job))
+    assert len(jobs) == 2
+    view = ClusterView(tasks=written, jobs=jobs, pods=[], nodes=NODES, classes=CLASSES)
+    cache = CycleCache()
+    seen = []
+    for seconds in (5, 10, 70, 400):
+        now = NOW + timedelta(seconds=seconds)
+        kept = cycle_mod._observe(view, CycleParams(), now, cache, [])[4].running  # noqa: SLF001
+        fresh = cycle_mod._observe(view, CycleParams(), now, CycleCache(), [])[4].running  # noqa: SLF001
+        assert len(kept) == 2
+        for mine, theirs in zip(sorted(kept, key=str), sorted(fresh, key=str), strict=True):
+            assert mine.key == theirs.key and mine.class_name == theirs.class_name
+            assert mine.remaining_seconds == pytest.approx(theirs.remaining_seconds)
+            assert mine == type(mine)(**{**mine.__dict__, "remaining_seconds": theirs.remaining_seconds})
+            assert (mine.resume is None) == (theirs.resume is None)
+        seen.append({r.key.task: r.remaining_seconds for r in kept})
+    assert seen[0]["a"] > seen[1]["a"] > seen[2]["a"]  # the clock moves the kept entries too
+    assert set(cache.running) == {"ns/a"}  # the preemptible task's entries are not kept

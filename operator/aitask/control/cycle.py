@@ -222,12 +222,18 @@ class CycleCache:
     serial: int = 0
     spends: dict[str, tuple[TaskProgress, tuple[Spend, ...]]] = field(default_factory=dict)  # namespace budgets
     # key -> (progress, other inputs, decision, its status as written, the status it was decided from,
-    #         the raw status last compared with, whether they differed)
-    decided: dict[str, tuple[TaskProgress, tuple[Any, ...], Any, dict[str, Any], dict[str, Any], Any, bool]] = field(
-        default_factory=dict
-    )
+    #         the raw status last compared with, whether they differed,
+    #         and (whether it differed, the Jobs, the outcome built from them))
+    decided: dict[
+        str,
+        tuple[
+            TaskProgress, tuple[Any, ...], Any, dict[str, Any], dict[str, Any], Any, bool, tuple[bool, Any, TaskOutcome]
+        ],
+    ] = field(default_factory=dict)
     class_bodies: dict[str, tuple[Mapping[str, Any], ExecutorClass | None, str]] = field(default_factory=dict)
     expected: dict[str, tuple[TaskProgress, Any, dict[str, float]]] = field(default_factory=dict)  # running T
+    # key -> (progress, learned token, Kueue Jobs), its running entries with the whole T and their start
+    running: dict[str, tuple[Any, tuple[tuple[Running, float | None], ...]]] = field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------- parsing
@@ -683,6 +689,7 @@ def _task_queue(
     params: CycleParams,
     queued: Mapping[str, JobView] | None = None,
     expected_cache: tuple[dict[str, tuple[TaskProgress, Any, dict[str, float]]], Any] | None = None,
+    bases: dict[str, tuple[Any, tuple[tuple[Running, float | None], ...]]] | None = None,
 ) -> tuple[list[tuple[Demand, Ready]], list[Running]]:
     """The task's ready demands and its running work; ``queued``: its Jobs submitted to Kueue, by name."""
     now = work.now
@@ -709,37 +716,85 @@ def _task_queue(
             if not 0.0 <= seconds < float("inf"):
                 raise ValueError(f"sub-task {r.subtask.name}: runtime estimate on {name} is {seconds}")
         demands.append((demand, r))
-    running = []
+    return demands, _running_work(task, prog, work, infos, estimates, params, queued or {}, expected_cache, bases)
+
+
+def _running_work(
+    task: AITask,
+    prog: TaskProgress,
+    work: _Work,
+    infos: Mapping[str, ClassInfo],
+    estimates: estimator.Estimator,
+    params: CycleParams,
+    queued: Mapping[str, JobView],
+    expected_cache: tuple[dict[str, tuple[TaskProgress, Any, dict[str, float]]], Any] | None = None,
+    bases: dict[str, tuple[Any, tuple[tuple[Running, float | None], ...]]] | None = None,
+) -> list[Running]:
+    """The task's running (and stopping) work, each entry's remaining time as of now.
+
+    A task's entries change only with its progress, what was learned (``expected_cache``'s
+    token) and its Kueue Jobs, and only their remaining time moves with the clock: unless one
+    may be preempted or is stopping (what those read moves with the pods), they are kept in
+    ``bases`` with the whole T and their start, and only the subtraction is done again.
+    """
+    epoch = work.now.timestamp()
+    sig = (prog, expected_cache[1] if expected_cache is not None else None, tuple(queued.values()))
+    hit = bases.get(task.key) if bases is not None else None
+    if hit is not None and hit[0][0] is prog and hit[0][1:] == sig[1:]:
+        return [
+            Running(
+                key=base.key,
+                class_name=base.class_name,
+                remaining_seconds=max(0.0, base.remaining_seconds - (epoch - started if started else 0.0)),
+                accelerators=base.accelerators,
+                cpu=base.cpu,
+                queued=base.queued,
+            )
+            for base, started in hit[1]
+        ]
+    now = work.now
+    names = {s.name for s in task.spec.subtasks}
     expected = _expected_runtimes(task, prog, infos, estimates, params, expected_cache)
+    running: list[Running] = []
+    kept: list[tuple[Running, float | None]] = []
+    dynamic = False
     for st in prog.status.subtasks:
         if st.phase == SubtaskPhase.RUNNING and st.plan is not None:
             current = st.history[-1] if st.history else None
             started = current.start_time if current is not None and current.start_time else st.start_time
-            kueue_job = (queued or {}).get(st.job or "")
+            kueue_job = queued.get(st.job or "")
             waiting = kueue_job is not None and kueue_job.suspended
             if kueue_job is not None:  # it starts when Kueue unsuspends it: until then all of T is ahead
                 started = None if waiting else kueue_job.start_time or started
-            elapsed = (now - started).total_seconds() if started else 0.0
             # Pods it runs at once: one planned node each; a Job handed to Kueue has none planned.
             pods = max(1, len(st.plan.nodes) or _parallelism(task, st.name))
-            entry = Running(
+            base = Running(
                 key=SubtaskKey(task.metadata.namespace or "default", task.metadata.name, st.name),
                 class_name=st.plan.class_name,
-                remaining_seconds=max(0.0, expected[st.name] - elapsed),
+                remaining_seconds=expected[st.name],
                 accelerators=st.plan.accelerators * pods,
                 cpu=parse_quantity(st.plan.cpu or "0") * pods,
                 queued=waiting,
             )
-            names = {s.name for s in task.spec.subtasks}
+            kept.append((base, started.timestamp() if started else None))
+            elapsed = (now - started).total_seconds() if started else 0.0
+            entry = replace(base, remaining_seconds=max(0.0, expected[st.name] - elapsed))
             if st.name in names and task.spec.subtask(st.name).preemption.allowed:
+                dynamic = True
                 demand = _running_demand(task, st, params)
                 entry = preemption.running_entry(task, st, entry, demand, _job_pods(work, task, st), now)
             running.append(entry)
-        elif st.name in {s.name for s in task.spec.subtasks}:
+        elif st.name in names:
             stopping = preemption.stopping_entry(task, st, work.jobs.get(task_key_of(task), []))
             if stopping is not None:
+                dynamic = True
                 running.append(stopping)
-    return demands, running
+    if bases is not None:
+        if dynamic:
+            bases.pop(task.key, None)
+        else:
+            bases[task.key] = (sig, tuple(kept))
+    return running
 
 
 def _expected_runtimes(
@@ -816,8 +871,9 @@ def snapshot_phase(
     expected_cache = None
     if cache is not None:
         token = _learned_token(learning.learned)
-        for gone in [k for k in cache.expected if k not in work.progresses]:
-            del cache.expected[gone]
+        for store in (cache.expected, cache.running):
+            for gone in [k for k in store if k not in work.progresses]:
+                del store[gone]
         expected_cache = (cache.expected, token)
     used = _usage(view, work, infos)
     nodes: list[NodeInfo] = []
@@ -831,7 +887,15 @@ def snapshot_phase(
         def step(key: str = key, prog: TaskProgress = prog) -> None:
             queued = {j.name: j for j in work.jobs.get(key, []) if j.queue_name}
             demands, running = _task_queue(
-                work.tasks[key], prog, work, infos, estimates, params, queued, expected_cache
+                work.tasks[key],
+                prog,
+                work,
+                infos,
+                estimates,
+                params,
+                queued,
+                expected_cache,
+                cache.running if cache is not None else None,
             )
             for demand, r in demands:
                 queue.demands[demand.key] = demand
@@ -992,14 +1056,17 @@ def decisions_phase(
                 )
                 wire_new, wire_old = wire(decision.status), wire(task.status)
                 changed = raw is not wire_new and wire_new != raw and wire_new != wire_old
+            jobs = tuple(work.jobs.get(key, ()))
+            if hit is not None and hit[0] is prog and hit[1] == sig and hit[7][0] == changed and hit[7][1] == jobs:
+                outcome = hit[7][2]  # the same decision, status and Jobs: the same writes
+            else:
+                outcome = _task_outcome(task, prog, decision, wire_new if changed else None, jobs)
             if cache is not None and reuse:
-                cache.decided[key] = (prog, sig, decision, wire_new, wire_old, raw, changed)
+                cache.decided[key] = (prog, sig, decision, wire_new, wire_old, raw, changed, (changed, jobs, outcome))
             for cls_name in decision.pending_classes:
                 pending[cls_name] = pending.get(cls_name, 0) + 1
             work.count(task.metadata.namespace or "", decision.status.phase)
-            work.outcomes.append(
-                _task_outcome(task, prog, decision, wire_new if changed else None, work.jobs.get(key, []))
-            )
+            work.outcomes.append(outcome)
 
         isolated(work, key, step)
     if cache is not None:

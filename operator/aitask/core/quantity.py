@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 
 _SUFFIX = {
@@ -30,6 +31,14 @@ def parse_quantity(value: str | int | float) -> float:
     """Parse '500m', '4', '16Gi', '1e3' into a float (cores, bytes or a count)."""
     if isinstance(value, int | float):
         return float(value)
+    if not isinstance(value, str):
+        raise ValueError(f"{value!r} is not a Kubernetes quantity")
+    return _parse_text(value)
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_text(value: str) -> float:
+    """A cluster uses a few hundred distinct quantities; every cycle reads each pod's and plan's again."""
     match = _RE.match(value.strip())
     if not match:
         raise ValueError(f"{value!r} is not a Kubernetes quantity")
