@@ -30,6 +30,13 @@ class OperatorSettings(BaseSettings):
     default_time_weight: float = Field(1.0, ge=0, description="alpha: default weight of time in F.")
     default_cost_weight: float = Field(0.0, ge=0, description="beta: default weight of cost (per currency unit) in F.")
     scheduling_period_seconds: float = Field(5.0, gt=0, description="Period of the scheduling cycle.")
+    cycle_gap_ratio: float = Field(
+        1.0,
+        ge=0,
+        le=10,
+        description="After a cycle of d seconds the next starts no sooner than this x d later (at most one "
+        "scheduling period), so in a burst the writes and watches get their share of the process; 0: back to back.",
+    )
     idle_resync_seconds: float = Field(
         60.0,
         ge=0,

@@ -453,3 +453,41 @@ def test_an_idle_cluster_gets_the_slower_resync_and_a_task_brings_the_period_bac
     del eng.created[("ns", "job-in-flight")]
     asyncio.run(eng.run(indexes([task()], []), "new task"))  # a task in play: Job created
     assert not eng.settled and eng.period() == 0.1
+
+
+def test_the_next_cycle_waits_a_share_of_the_last_ones_duration(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Back to back, a long cycle left the writes and watches (the same process) no time; the next one
+    starts cycle_gap_ratio x its duration later (at most a scheduling period), and pokes meanwhile merge."""
+    starts: list[float] = []
+
+    def engine_with(ratio: float, period: float = 5.0) -> Engine:
+        eng = Engine(settings=OperatorSettings(metrics_port=0, cycle_gap_ratio=ratio,
+                                               scheduling_period_seconds=period))
+
+        async def slow_cycle(indexes: Any, reason: str) -> list[Any]:
+            starts.append(time.monotonic())
+            time.sleep(0.2)  # the cycle's computation holds the thread
+            eng.last_duration = 0.2
+            if len(starts) == 1:
+                eng.poke("during")  # arrives during the first cycle: one more cycle
+            return []
+
+        monkeypatch.setattr(eng, "cycle", slow_cycle)
+        monkeypatch.setattr(eng, "sources", lambda: {})
+        return eng
+
+    async def two_cycles(eng: Engine) -> None:
+        eng.poke("first")
+        await asyncio.sleep(0.01)
+        eng.poke("merged")  # within the debounce: the same first cycle
+        while eng.runner is not None and not eng.runner.done():
+            await asyncio.sleep(0.01)
+
+    for ratio, period, low, high in ((1.0, 5.0, 0.2, 0.35), (0.0, 5.0, 0.0, 0.15), (3.0, 0.3, 0.3, 0.45)):
+        starts.clear()
+        eng = engine_with(ratio, period)
+        assert eng.gap() == 0.05  # nothing ran yet: only the debounce
+        asyncio.run(two_cycles(eng))
+        assert len(starts) == 2, (ratio, starts)
+        waited = starts[1] - starts[0] - 0.2  # from the end of the first cycle to the start of the second
+        assert low <= waited <= high, (ratio, waited)

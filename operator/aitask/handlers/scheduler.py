@@ -112,6 +112,7 @@ class Engine:
     settings: OperatorSettings
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     last_run: float = 0.0
+    last_duration: float = 0.0  # seconds the last cycle computed (the gap before the next follows it)
     cycles: int = 0  # cycles completed since start (readiness waits for the first)
     runner: asyncio.Task[None] | None = None
     dirty: bool = False
@@ -390,7 +391,8 @@ class Engine:
             self.settled = outcome.stats.settled and not writes
             self._wake_at(outcome.stats.next_wakeup, now)
             self.cycles += 1
-            self._record(outcome, time.perf_counter() - start, reason)
+            self.last_duration = time.perf_counter() - start
+            self._record(outcome, self.last_duration, reason)
             return writes
 
     def _record(self, outcome: CycleOutcome, duration: float, reason: str) -> None:
@@ -734,9 +736,21 @@ class Engine:
         if self.runner is None or self.runner.done():
             self.runner = asyncio.create_task(self._runner())
 
+    def gap(self) -> float:
+        """Seconds to wait before the next cycle: the debounce, or a share of the last cycle's duration.
+
+        The cycle computes in a thread that holds the interpreter for most of its run; back to back
+        in a burst, the writes and the watches (the same process) got what little was left, so Jobs
+        went out slower and each cycle found more tasks in play. A gap of ``cycle_gap_ratio`` x the
+        last cycle's duration (at most one scheduling period) leaves them their share, and the next
+        cycle takes everything that arrived meanwhile at once.
+        """
+        paced = min(self.settings.cycle_gap_ratio * self.last_duration, self.settings.scheduling_period_seconds)
+        return max(DEBOUNCE_SECONDS, paced)
+
     async def _runner(self) -> None:
         while self.dirty:
-            await asyncio.sleep(DEBOUNCE_SECONDS)  # coalesce a burst of watch events into one cycle
+            await asyncio.sleep(self.gap())  # coalesce a burst of watch events into one cycle
             if not self.active():
                 if self.informers is not None and not self.informers.synced:
                     continue  # still listing: keep the request, look again after the debounce
