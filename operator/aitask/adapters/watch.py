@@ -221,9 +221,9 @@ class Informer:
 def _lines(response: Any) -> Iterator[bytes]:
     buffer = b""
     for chunk in response.stream(65536, decode_content=True):
-        buffer += chunk
-        while b"\n" in buffer:
-            line, buffer = buffer.split(b"\n", 1)
+        # One split per chunk: splitting off one line at a time copied the rest of the chunk per line.
+        *lines, buffer = (buffer + chunk).split(b"\n")
+        for line in lines:
             if line.strip():
                 yield line
     if buffer.strip():
