@@ -309,3 +309,34 @@ def test_running_work_is_reestimated_with_what_was_learned_since_admission() -> 
     now_known = _expected_runtime(t, st, infos, estimator.Estimator(infos, learned), CycleParams())
     assert now_known < planned / 2
     assert _expected_runtime(t, st, infos, estimator.Estimator(infos, {}), CycleParams()) == pytest.approx(planned)
+
+
+def test_a_running_tasks_estimate_is_kept_30_s_when_what_was_learned_moves() -> None:
+    """In a burst every cycle's finishes move the average all running tasks read: each task's T is estimated
+    again when it moved, but not more than once per REESTIMATE_SECONDS (the same progress throughout)."""
+    from types import SimpleNamespace
+
+    from aitask.control.cycle import REESTIMATE_SECONDS, _expected_runtimes, _learned_token
+    from aitask.core import estimator, snapshot
+    from aitask.core.types import Learned
+
+    first = cycle([body("t", [GPU_STEP])]).tasks[0].status
+    t = api.AITask.model_validate(body("t", [GPU_STEP], status=first))
+    st = t.status.subtask("train")
+    assert st is not None and st.plan is not None
+    planned, cls = st.plan.estimated_seconds, st.plan.class_name
+    infos = {c["metadata"]["name"]: snapshot.class_info(api.ExecutorClass.model_validate(c)) for c in CLASSES}
+    prog: Any = SimpleNamespace(status=t.status)
+    moved = {("r/train", cls): Learned(seconds_per_unit=planned / 10, samples=50)}
+    store: dict[str, Any] = {}
+
+    def estimate(learned: dict[Any, Any], at: float) -> dict[str, float]:
+        return _expected_runtimes(t, prog, infos, estimator.Estimator(infos, learned), CycleParams(),
+                                  (store, _learned_token(learned)), at)
+
+    before = estimate({}, 1000.0)
+    assert before["train"] == pytest.approx(planned)
+    assert estimate(moved, 1010.0) is before  # moved, but estimated 10 s ago: kept
+    assert estimate({}, 1000.0 + REESTIMATE_SECONDS + 5) is before  # unmoved: kept however old
+    after = estimate(moved, 1000.0 + REESTIMATE_SECONDS + 1)
+    assert after["train"] < planned / 2  # moved and old enough: estimated again

@@ -231,8 +231,9 @@ class CycleCache:
         ],
     ] = field(default_factory=dict)
     class_bodies: dict[str, tuple[Mapping[str, Any], ExecutorClass | None, str]] = field(default_factory=dict)
-    expected: dict[str, tuple[TaskProgress, Any, dict[str, float]]] = field(default_factory=dict)  # running T
-    # key -> (progress, learned token, Kueue Jobs), its running entries with the whole T and their start
+    # key -> (progress, learned token, running T by sub-task, when estimated)
+    expected: dict[str, tuple[TaskProgress, Any, dict[str, float], float]] = field(default_factory=dict)
+    # key -> (progress, the T map they were built from, Kueue Jobs), its running entries with whole T and start
     running: dict[str, tuple[Any, tuple[tuple[Running, float | None], ...]]] = field(default_factory=dict)
 
 
@@ -671,6 +672,12 @@ def _parallelism(task: AITask, name: str) -> int:
     return next((s.parallelism for s in task.spec.subtasks if s.name == name), 1)
 
 
+# A running attempt's T, estimated again when what was learned moved, is kept at least this long.
+REESTIMATE_SECONDS = 30.0
+# (the store of CycleCache.expected, this cycle's fingerprint of what was learned)
+_ExpectedCache = tuple[dict[str, tuple[TaskProgress, Any, dict[str, float], float]], Any]
+
+
 @dataclass
 class _Queue:
     demands: dict[SubtaskKey, Demand] = field(default_factory=dict)
@@ -688,7 +695,7 @@ def _task_queue(
     estimates: estimator.Estimator,
     params: CycleParams,
     queued: Mapping[str, JobView] | None = None,
-    expected_cache: tuple[dict[str, tuple[TaskProgress, Any, dict[str, float]]], Any] | None = None,
+    expected_cache: _ExpectedCache | None = None,
     bases: dict[str, tuple[Any, tuple[tuple[Running, float | None], ...]]] | None = None,
 ) -> tuple[list[tuple[Demand, Ready]], list[Running]]:
     """The task's ready demands and its running work; ``queued``: its Jobs submitted to Kueue, by name."""
@@ -727,20 +734,21 @@ def _running_work(
     estimates: estimator.Estimator,
     params: CycleParams,
     queued: Mapping[str, JobView],
-    expected_cache: tuple[dict[str, tuple[TaskProgress, Any, dict[str, float]]], Any] | None = None,
+    expected_cache: _ExpectedCache | None = None,
     bases: dict[str, tuple[Any, tuple[tuple[Running, float | None], ...]]] | None = None,
 ) -> list[Running]:
     """The task's running (and stopping) work, each entry's remaining time as of now.
 
-    A task's entries change only with its progress, what was learned (``expected_cache``'s
-    token) and its Kueue Jobs, and only their remaining time moves with the clock: unless one
+    A task's entries change only with its progress, its T estimates (``_expected_runtimes``) and
+    its Kueue Jobs, and only their remaining time moves with the clock: unless one
     may be preempted or is stopping (what those read moves with the pods), they are kept in
     ``bases`` with the whole T and their start, and only the subtraction is done again.
     """
     epoch = work.now.timestamp()
-    sig = (prog, expected_cache[1] if expected_cache is not None else None, tuple(queued.values()))
+    expected = _expected_runtimes(task, prog, infos, estimates, params, expected_cache, epoch)
+    sig = (prog, expected, tuple(queued.values()))
     hit = bases.get(task.key) if bases is not None else None
-    if hit is not None and hit[0][0] is prog and hit[0][1:] == sig[1:]:
+    if hit is not None and hit[0][0] is prog and hit[0][1] is expected and hit[0][2] == sig[2]:
         return [
             Running(
                 key=base.key,
@@ -754,7 +762,6 @@ def _running_work(
         ]
     now = work.now
     names = {s.name for s in task.spec.subtasks}
-    expected = _expected_runtimes(task, prog, infos, estimates, params, expected_cache)
     running: list[Running] = []
     kept: list[tuple[Running, float | None]] = []
     dynamic = False
@@ -803,16 +810,21 @@ def _expected_runtimes(
     infos: Mapping[str, ClassInfo],
     estimates: estimator.Estimator,
     params: CycleParams,
-    expected_cache: tuple[dict[str, tuple[TaskProgress, Any, dict[str, float]]], Any] | None,
+    expected_cache: _ExpectedCache | None,
+    epoch: float = 0.0,
 ) -> dict[str, float]:
     """T of each running sub-task with today's knowledge, kept while the progress and what was learned hold.
 
     ``expected_cache`` is (the store, this cycle's fingerprint of the learned runtimes): estimating
-    every running sub-task of every task in play again each cycle was a fifth of a busy cycle.
+    every running sub-task of every task in play again each cycle was a fifth of a busy cycle. A
+    task's T is kept for ``REESTIMATE_SECONDS`` even when the fingerprint moved: in a burst of
+    similar tasks every cycle's finishes move the one average they share, and re-estimating all
+    the running work each cycle was again most of the snapshot.
     """
     if expected_cache is not None:
         hit = expected_cache[0].get(task.key)
-        if hit is not None and hit[0] is prog and hit[1] == expected_cache[1]:
+        fresh = hit is not None and (hit[1] == expected_cache[1] or 0.0 <= epoch - hit[3] < REESTIMATE_SECONDS)
+        if hit is not None and hit[0] is prog and fresh:
             return hit[2]
     out = {
         st.name: _expected_runtime(task, st, infos, estimates, params)
@@ -820,7 +832,7 @@ def _expected_runtimes(
         if st.phase == SubtaskPhase.RUNNING and st.plan is not None
     }
     if expected_cache is not None:
-        expected_cache[0][task.key] = (prog, expected_cache[1], out)
+        expected_cache[0][task.key] = (prog, expected_cache[1], out, epoch)
     return out
 
 
