@@ -467,7 +467,7 @@ def test_the_next_cycle_waits_a_share_of_the_last_ones_duration(monkeypatch: pyt
         async def slow_cycle(indexes: Any, reason: str) -> list[Any]:
             starts.append(time.monotonic())
             time.sleep(0.2)  # the cycle's computation holds the thread
-            eng.last_duration = 0.2
+            eng.last_duration, eng.last_end = 0.2, time.monotonic()
             if len(starts) == 1:
                 eng.poke("during")  # arrives during the first cycle: one more cycle
             return []
@@ -491,3 +491,8 @@ def test_the_next_cycle_waits_a_share_of_the_last_ones_duration(monkeypatch: pyt
         assert len(starts) == 2, (ratio, starts)
         waited = starts[1] - starts[0] - 0.2  # from the end of the first cycle to the start of the second
         assert low <= waited <= high, (ratio, waited)
+    eng = engine_with(1.0)
+    eng.last_duration, eng.last_end = 0.5, time.monotonic() - 10.0
+    assert eng.gap() == 0.05  # a poke long after a long cycle: only the debounce
+    eng.last_end = time.monotonic() - 0.2
+    assert 0.25 <= eng.gap() <= 0.3  # 0.2 s after a 0.5 s cycle: the rest of the gap

@@ -113,6 +113,7 @@ class Engine:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     last_run: float = 0.0
     last_duration: float = 0.0  # seconds the last cycle computed (the gap before the next follows it)
+    last_end: float = 0.0  # monotonic time the last cycle's computation ended
     cycles: int = 0  # cycles completed since start (readiness waits for the first)
     runner: asyncio.Task[None] | None = None
     dirty: bool = False
@@ -392,6 +393,7 @@ class Engine:
             self._wake_at(outcome.stats.next_wakeup, now)
             self.cycles += 1
             self.last_duration = time.perf_counter() - start
+            self.last_end = time.monotonic()
             self._record(outcome, self.last_duration, reason)
             return writes
 
@@ -742,11 +744,12 @@ class Engine:
         The cycle computes in a thread that holds the interpreter for most of its run; back to back
         in a burst, the writes and the watches (the same process) got what little was left, so Jobs
         went out slower and each cycle found more tasks in play. A gap of ``cycle_gap_ratio`` x the
-        last cycle's duration (at most one scheduling period) leaves them their share, and the next
-        cycle takes everything that arrived meanwhile at once.
+        last cycle's duration (at most one scheduling period), counted from its end, leaves them their
+        share, and the next cycle takes everything that arrived meanwhile at once. A poke long after
+        the last cycle waits only the debounce.
         """
         paced = min(self.settings.cycle_gap_ratio * self.last_duration, self.settings.scheduling_period_seconds)
-        return max(DEBOUNCE_SECONDS, paced)
+        return max(DEBOUNCE_SECONDS, paced - (time.monotonic() - self.last_end))
 
     async def _runner(self) -> None:
         while self.dirty:
