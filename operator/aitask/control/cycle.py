@@ -233,8 +233,7 @@ class CycleCache:
     class_bodies: dict[str, tuple[Mapping[str, Any], ExecutorClass | None, str]] = field(default_factory=dict)
     # key -> (progress, learned token, running T by sub-task, when estimated)
     expected: dict[str, tuple[TaskProgress, Any, dict[str, float], float]] = field(default_factory=dict)
-    # key -> (progress, the T map they were built from, Kueue Jobs), its running entries with whole T and start
-    running: dict[str, tuple[Any, tuple[tuple[Running, float | None], ...]]] = field(default_factory=dict)
+    running: _RunningCache = field(default_factory=dict)  # running entries kept per task (_running_work)
 
 
 # --------------------------------------------------------------------------- parsing
@@ -676,6 +675,20 @@ def _parallelism(task: AITask, name: str) -> int:
 REESTIMATE_SECONDS = 30.0
 # (the store of CycleCache.expected, this cycle's fingerprint of what was learned)
 _ExpectedCache = tuple[dict[str, tuple[TaskProgress, Any, dict[str, float], float]], Any]
+# CycleCache.running: key -> ((progress, T map, Kueue Jobs), each entry with the whole T and its start)
+_RunningCache = dict[str, tuple[Any, tuple[tuple[Running, float | None], ...]]]
+
+
+def _as_of(base: Running, started: float | None, epoch: float) -> Running:
+    """A running entry kept with its whole T, less the time gone since it started (none while waiting)."""
+    return Running(
+        key=base.key,
+        class_name=base.class_name,
+        remaining_seconds=max(0.0, base.remaining_seconds - (epoch - started if started is not None else 0.0)),
+        accelerators=base.accelerators,
+        cpu=base.cpu,
+        queued=base.queued,
+    )
 
 
 @dataclass
@@ -696,7 +709,7 @@ def _task_queue(
     params: CycleParams,
     queued: Mapping[str, JobView] | None = None,
     expected_cache: _ExpectedCache | None = None,
-    bases: dict[str, tuple[Any, tuple[tuple[Running, float | None], ...]]] | None = None,
+    bases: _RunningCache | None = None,
 ) -> tuple[list[tuple[Demand, Ready]], list[Running]]:
     """The task's ready demands and its running work; ``queued``: its Jobs submitted to Kueue, by name."""
     now = work.now
@@ -735,7 +748,7 @@ def _running_work(
     params: CycleParams,
     queued: Mapping[str, JobView],
     expected_cache: _ExpectedCache | None = None,
-    bases: dict[str, tuple[Any, tuple[tuple[Running, float | None], ...]]] | None = None,
+    bases: _RunningCache | None = None,
 ) -> list[Running]:
     """The task's running (and stopping) work, each entry's remaining time as of now.
 
@@ -749,17 +762,7 @@ def _running_work(
     sig = (prog, expected, tuple(queued.values()))
     hit = bases.get(task.key) if bases is not None else None
     if hit is not None and hit[0][0] is prog and hit[0][1] is expected and hit[0][2] == sig[2]:
-        return [
-            Running(
-                key=base.key,
-                class_name=base.class_name,
-                remaining_seconds=max(0.0, base.remaining_seconds - (epoch - started if started else 0.0)),
-                accelerators=base.accelerators,
-                cpu=base.cpu,
-                queued=base.queued,
-            )
-            for base, started in hit[1]
-        ]
+        return [_as_of(base, started, epoch) for base, started in hit[1]]
     now = work.now
     names = {s.name for s in task.spec.subtasks}
     running: list[Running] = []
@@ -783,9 +786,9 @@ def _running_work(
                 cpu=parse_quantity(st.plan.cpu or "0") * pods,
                 queued=waiting,
             )
-            kept.append((base, started.timestamp() if started else None))
-            elapsed = (now - started).total_seconds() if started else 0.0
-            entry = replace(base, remaining_seconds=max(0.0, expected[st.name] - elapsed))
+            since = started.timestamp() if started else None
+            kept.append((base, since))
+            entry = _as_of(base, since, epoch)
             if st.name in names and task.spec.subtask(st.name).preemption.allowed:
                 dynamic = True
                 demand = _running_demand(task, st, params)
@@ -1045,7 +1048,8 @@ def decisions_phase(
             reuse = cache is not None and not mine and not stops
             hit = cache.decided.get(key) if reuse and cache is not None else None
             raw = work.bodies[key].get("status") or {}
-            if hit is not None and hit[0] is prog and hit[1] == sig:
+            same = hit is not None and hit[0] is prog and hit[1] == sig
+            if hit is not None and same:
                 decision, wire_new, wire_old = hit[2], hit[3], hit[4]
                 # The same raw status as last cycle compares the same way (deep dict comparisons of every
                 # task in play were a tenth of a busy cycle).
@@ -1069,7 +1073,7 @@ def decisions_phase(
                 wire_new, wire_old = wire(decision.status), wire(task.status)
                 changed = raw is not wire_new and wire_new != raw and wire_new != wire_old
             jobs = tuple(work.jobs.get(key, ()))
-            if hit is not None and hit[0] is prog and hit[1] == sig and hit[7][0] == changed and hit[7][1] == jobs:
+            if hit is not None and same and hit[7][0] == changed and hit[7][1] == jobs:
                 outcome = hit[7][2]  # the same decision, status and Jobs: the same writes
             else:
                 outcome = _task_outcome(task, prog, decision, wire_new if changed else None, jobs)
