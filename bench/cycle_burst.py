@@ -46,16 +46,13 @@ def _ts(at: datetime) -> str:
 
 
 def _aitask(i: int, at: datetime) -> dict[str, Any]:
-    return {
-        "apiVersion": "aitask.dev/v1alpha1", "kind": "AITask",
-        "metadata": {"name": f"burst-{i:05d}", "namespace": "bench", "uid": f"uid-{i}", "generation": 1,
-                     "resourceVersion": str(i + 1), "creationTimestamp": _ts(at)},
-        "spec": {"subtasks": [{
-            "name": "step", "type": "preprocess", "image": "registry.example/step:bench",
-            "executor": {"cpu": "100m", "memory": "64Mi"}, "estimate": {"seconds": 1},
-            "podMetadata": {"annotations": {"sim.aitask.dev/duration": "1s"}},
-        }]},
-    }
+    """scale.py's one-step AITask, with the metadata the API server would add."""
+    from scale import aitask_body
+
+    body = aitask_body(f"burst-{i:05d}", "1s")
+    body["metadata"].update({"namespace": "bench", "uid": f"uid-{i}", "generation": 1,
+                             "resourceVersion": str(i + 1), "creationTimestamp": _ts(at)})
+    return body
 
 
 def _planned_node(manifest: dict[str, Any]) -> str:
@@ -79,7 +76,9 @@ def worker(code: Path, burst: int, per_cycle: int, pod_cycles: int) -> dict[str,
     from aitask.handlers.indexes import aitask_entry, class_entry, node_entry
 
     assert Path(aitask.__file__).is_relative_to(code), aitask.__file__
-    samples = yaml.safe_load_all((ROOT / "manifests" / "samples" / "executorclasses.yaml").read_text())
+    from scale import CLASSES
+
+    samples = yaml.safe_load_all(CLASSES.read_text())
     classes = [class_entry({**d, "metadata": {"generation": 1, **d["metadata"]}}) for d in samples if d]
     nodes = [node_entry(d) for d in yaml.safe_load_all(cpu_nodes_yaml(50))]
     tasks: dict[str, dict[str, Any]] = {}
