@@ -13,6 +13,7 @@ On the jobs-at-once benchmark instances this lands within 0.2-2% of the exact op
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping, Sequence
 
@@ -21,10 +22,35 @@ from aitask.core.types import Demand, SchedulerParams
 
 #: One candidate class of one demand in the plan, a plain tuple (the hot loop unpacks it; a NamedTuple's
 #: constructor costs a Python-level call per candidate per cycle): (option: index into the demand's
-#: feasible options, rank: 1-based position in the class's Smith order, the class's Fenwick trees of
-#: u*T and of weights, total: one cell with the class's total weight, 1 / the class's capacity m,
-#: offset: B / m, the admitted backlog's wait, T, u * T, extra: beta*C + penalty).
-_Candidate = tuple[int, int, list[float], list[float], list[float], float, float, float, float, float]
+#: feasible options, the Fenwick indices of the class's prefix strictly ahead of it in Smith order, of
+#: its own position and those above it, the class's Fenwick tree of u*T + 1j*weight, total: one cell
+#: with the class's total weight, 1 / the class's capacity m, offset: B / m, the admitted backlog's
+#: wait, T, u * T, extra: beta*C + penalty). One complex tree holds both sums: complex addition adds
+#: the two parts apart, so each sum is the same float sum as in a tree of its own, at one index a step.
+_Candidate = tuple[int, tuple[int, ...], tuple[int, ...], list[complex], list[float], float, float, float, float, float]
+
+
+@functools.lru_cache(maxsize=32)
+def _paths(cap: int) -> tuple[tuple[tuple[int, ...], ...], tuple[tuple[int, ...], ...]]:
+    """Per position 0..cap of a Fenwick tree of ``cap`` cells (a power of two, so that every update
+    path ends at ``cap``): the indices whose cells sum to the prefix [1, pos), and the indices a change
+    at ``pos`` updates. They depend on the position and ``cap`` alone, so they are built once. A
+    tree longer than its entries reads the same cells with the same sums: its extra cells are only
+    ever written."""
+    ahead: list[tuple[int, ...]] = []
+    above: list[tuple[int, ...]] = []
+    for pos in range(cap + 1):
+        down, k = [], pos - 1
+        while k > 0:
+            down.append(k)
+            k -= k & -k
+        up, k = [], pos
+        while 0 < k <= cap:
+            up.append(k)
+            k += k & -k
+        ahead.append(tuple(down))
+        above.append(tuple(up))
+    return tuple(ahead), tuple(above)
 
 
 def ageing_weight(d: Demand, now: float, ageing_seconds: float) -> float:
@@ -127,19 +153,19 @@ def _candidates(
             members.setdefault(name, []).append(
                 (-(v / work) if work > 0 else -math.inf, d.arrival, i, j, runtime, work, extra)
             )
-    # Per class: a Fenwick tree of (work, weight) over its Smith order; totals of weight.
+    # Per class: a Fenwick tree of work + 1j*weight over its Smith order; totals of weight.
     cands: list[list[_Candidate]] = [[] for _ in range(n)]
     for name, entries in members.items():
         entries.sort()
-        size = len(entries)
-        work_tree = [0.0] * (size + 1)
-        weight_tree = [0.0] * (size + 1)
+        cap = 1 << len(entries).bit_length()
+        ahead, above = _paths(cap)
+        tree = [0j] * (cap + 1)
         total = [0.0]
         m = units[name]
         inv_m = 1.0 / m if m > 0 else 1.0
         offset = backlog.get(name, 0.0) * inv_m
-        for rank, (_, _, i, j, runtime, work, extra) in enumerate(entries):
-            cands[i].append((j, rank + 1, work_tree, weight_tree, total, inv_m, offset, runtime, work, extra))
+        for rank, (_, _, i, j, runtime, work, extra) in enumerate(entries, start=1):
+            cands[i].append((j, ahead[rank], above[rank], tree, total, inv_m, offset, runtime, work, extra))
     return weights, best_work, cands
 
 
@@ -148,56 +174,49 @@ def _assign(
 ) -> dict[int, int]:
     """Greedy insertion in ``planned`` order at the least marginal cost, then improvement passes."""
 
-    def best_of(i: int) -> tuple[float, int]:
+    def best_of(i: int, own: int = -1) -> int:
+        """The index of demand i's candidate of least marginal cost. ``own``: the candidate it is planned
+        on, whose class's total then leaves its own weight out (its prefix never holds it: a Fenwick
+        prefix before a position reads none of the cells that an update at that position writes)."""
         v = weights[i]
         best_cost = math.inf
-        best_j = cands[i][0][0]  # an infinite (or NaN) marginal on every class still gets a class
-        for j, pos, work_tree, weight_tree, total, inv_m, offset, runtime, work, extra in cands[i]:
-            ahead = 0.0
-            before = 0.0
-            k = pos - 1  # prefix [0, rank): entries strictly ahead in Smith order
-            while k > 0:
-                ahead += work_tree[k]
-                before += weight_tree[k]
-                k -= k & -k
-            marginal = v * (offset + runtime) + extra + (v * ahead + work * (total[0] - before)) * inv_m
+        best = 0  # an infinite (or NaN) marginal on every class still gets a class
+        for at, (_, ahead, _, tree, total, inv_m, offset, runtime, work, extra) in enumerate(cands[i]):
+            acc = 0j  # (u*T, weight) of the entries strictly ahead in Smith order
+            for k in ahead:
+                acc += tree[k]
+            rest = total[0] - v if at == own else total[0]
+            marginal = v * (offset + runtime) + extra + (v * acc.real + work * (rest - acc.imag)) * inv_m
             if marginal < best_cost:
                 best_cost = marginal
-                best_j = j
-        return best_cost, best_j
+                best = at
+        return best
 
-    def put(i: int, j: int, sign: float) -> None:
-        for jj, pos, work_tree, weight_tree, total, _, _, _, work, _ in cands[i]:
-            if jj != j:
-                continue
-            size = len(work_tree) - 1
-            k = pos
-            dw = sign * work
-            dv = sign * weights[i]
-            while k <= size:
-                work_tree[k] += dw
-                weight_tree[k] += dv
-                k += k & -k
-            total[0] += dv
-            return
+    def put(i: int, at: int, sign: float) -> None:
+        _, _, above, tree, total, _, _, _, work, _ = cands[i][at]
+        dv = sign * weights[i]
+        dz = complex(sign * work, dv)
+        for k in above:
+            tree[k] += dz
+        total[0] += dv
 
-    plan: dict[int, int] = {}
+    at_of: dict[int, int] = {}
     for i in planned:
-        _, j = best_of(i)
-        plan[i] = j
-        put(i, j, 1.0)
+        at = best_of(i)
+        at_of[i] = at
+        put(i, at, 1.0)
     for _ in range(passes):
         moved = False
         for i in planned:
             if len(cands[i]) < 2:
                 continue
-            j = plan[i]
-            put(i, j, -1.0)
-            _, k = best_of(i)
-            if k != j:
+            at = at_of[i]
+            new = best_of(i, at)
+            if new != at:
                 moved = True
-            plan[i] = k
-            put(i, k, 1.0)
+                put(i, at, -1.0)
+                put(i, new, 1.0)
+                at_of[i] = new
         if not moved:
             break
-    return plan
+    return {i: cands[i][at][0] for i, at in at_of.items()}
