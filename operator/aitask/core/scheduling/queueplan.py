@@ -30,7 +30,7 @@ from aitask.core.types import Demand, SchedulerParams
 _Candidate = tuple[int, tuple[int, ...], tuple[int, ...], list[complex], list[float], float, float, float, float, float]
 
 
-@functools.lru_cache(maxsize=32)
+@functools.lru_cache(maxsize=8)  # the sizes in use at once are few; one of 1,024 cells builds in a few ms
 def _paths(cap: int) -> tuple[tuple[tuple[int, ...], ...], tuple[tuple[int, ...], ...]]:
     """Per position 0..cap of a Fenwick tree of ``cap`` cells (a power of two, so that every update
     path ends at ``cap``): the indices whose cells sum to the prefix [1, pos), and the indices a change
