@@ -225,8 +225,9 @@ class _Pool:
 def _displace(
     d: Demand, choices: Sequence[Choice], view: _View, pool: _Pool, params: SchedulerParams
 ) -> tuple[str, list[_Victim]] | None:
-    """The class and victims that make room for the demand now, or None (books the room in the view)."""
-    for choice in sorted(choices, key=lambda c: (c.runtime, c.name))[: max(params.plan_candidates, 1)]:
+    """The class and victims that make room for the demand now, or None (books the room in the view).
+    ``choices``: the classes it may displace work on, fastest first (``_standing``)."""
+    for choice in choices:
         shape = (choice.name, choice.request, d.pods)
         nodes = None if shape in pool.no_fit else view.fit(choice.name, choice, d.pods)
         if nodes is not None:  # room is being freed for it already (stopping work)
@@ -388,18 +389,28 @@ def _migrations(
     return out
 
 
-def _best_ratio(
+def _standing(
     d: Demand, feasible: Sequence[Choice], params: SchedulerParams, memo: dict[int, tuple[Demand, object]] | None
-) -> float:
-    """The demand's highest ratio over its classes (it depends on the demand alone: kept in the memo)."""
-    key = -1 - id(d)  # beside the evaluations, which are keyed by id(d) >= 0
-    hit = memo.get(key) if memo is not None else None
-    if hit is not None and hit[0] is d and isinstance(hit[1], tuple) and hit[1][0] == params.preempt_order:
-        return float(hit[1][1])
+) -> tuple[float, tuple[Choice, ...]]:
+    """The demand's highest ratio over its classes, and the classes on which it may displace work
+    (its ``plan_candidates`` fastest). Both depend on the demand alone, so they are kept in the memo."""
+    hit = _standing_memo(d, params, memo)
+    if hit is not None:
+        return hit
     best = max(_ratio(params.preempt_order, d, c.units, c.runtime, attained=_attained(d, c.runtime)) for c in feasible)
+    top = tuple(sorted(feasible, key=lambda c: (c.runtime, c.name))[: max(params.plan_candidates, 1)])
     if memo is not None:
-        memo[key] = (d, (params.preempt_order, best))
-    return best
+        memo[-1 - id(d)] = (d, (params.preempt_order, best, top))  # beside the evaluations, keyed by id(d) >= 0
+    return best, top
+
+
+def _standing_memo(
+    d: Demand, params: SchedulerParams, memo: dict[int, tuple[Demand, object]] | None
+) -> tuple[float, tuple[Choice, ...]] | None:
+    hit = memo.get(-1 - id(d)) if memo is not None else None
+    if hit is None or hit[0] is not d or not isinstance(hit[1], tuple) or hit[1][0] != params.preempt_order:
+        return None
+    return float(hit[1][1]), hit[1][2]
 
 
 def waiting_for_capacity(result: CycleResult, also: Iterable[SubtaskKey] = ()) -> frozenset[SubtaskKey]:
@@ -426,21 +437,27 @@ def choose(
     view = _view(snapshot, result)
     if waiting is None:
         waiting = waiting_for_capacity(result) if result else frozenset()
-    candidates: list[tuple[float, Demand, tuple[Choice, ...]]] = []
+    # A demand whose best ratio does not beat the lowest victim's by the factor displaces nothing: left
+    # out before its evaluation is even read (the demands are taken highest ratio first).
+    threshold = params.preempt_factor * min(v.ratio for items in victims.values() for v in items)
+    candidates: list[tuple[float, Demand, tuple[Choice, ...], tuple[Choice, ...]]] = []
     for d in snapshot.demands:
         if d.key not in waiting:
             continue
+        known = _standing_memo(d, params, snapshot.memo)
+        if known is not None and known[0] <= threshold:
+            continue
         feasible = evaluator.evaluate(d).feasible
-        if feasible:
-            candidates.append((_best_ratio(d, feasible, params, snapshot.memo), d, feasible))
-    floor = min(v.ratio for items in victims.values() for v in items)
+        if not feasible:
+            continue
+        best, top = known or _standing(d, feasible, params, snapshot.memo)
+        if best > threshold:
+            candidates.append((best, d, feasible, top))
     candidates.sort(key=lambda c: (-c[0], str(c[1].key)))
     out: list[Preemption] = []
     pool = _Pool(victims)
-    for best, d, feasible in candidates:
-        if best <= params.preempt_factor * floor:
-            break  # no demand further down can displace anything
-        found = _displace(d, feasible, view, pool, params)
+    for _, d, feasible, top in candidates:
+        found = _displace(d, top, view, pool, params)
         if found is None:
             continue
         class_name, chosen = found
